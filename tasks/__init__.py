@@ -1,0 +1,1 @@
+"""sessionkeeper jobs: one module per job, logic callable without Celery."""

@@ -1,0 +1,1 @@
+"""sessionkeeper runtime: settings, database, mapping, Celery, API and CLI."""

@@ -57,7 +57,7 @@ def format_duration(value: timedelta) -> str:
 def parse_schedule(value: object) -> str:
     """Validate a schedule: a duration ("5m") or a five-field crontab ("*/5 * * * *")."""
     if not isinstance(value, str | int | float) or isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a schedule; use a duration like \"5m\" or a crontab")
+        raise ValueError(f'{value!r} is not a schedule; use a duration like "5m" or a crontab')
     text = str(value).strip()
     fields = text.split()
     if len(fields) == 5:
@@ -68,7 +68,7 @@ def parse_schedule(value: object) -> str:
         interval = parse_duration(text)
     except ValueError:
         raise ValueError(
-            f"{value!r} is not a schedule; use a duration like \"5m\" or a five-field crontab "
+            f'{value!r} is not a schedule; use a duration like "5m" or a five-field crontab '
             'like "*/5 * * * *"'
         ) from None
     if interval < timedelta(seconds=1):

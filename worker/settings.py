@@ -65,8 +65,7 @@ class DatabaseSettings(_Section):
         scheme = value.get_secret_value().split(":", 1)[0].lower()
         if scheme not in {"sqlite", "postgres", "postgresql", "postgresql+psycopg"}:
             raise ValueError(
-                f"unsupported database scheme {scheme!r}; use postgresql://user@host/db "
-                "or sqlite:///path.db"
+                f"unsupported database scheme {scheme!r}; use postgresql://user@host/db or sqlite:///path.db"
             )
         return value
 
@@ -106,8 +105,7 @@ class SessionsSettings(_Section):
         unknown = sorted(set(value) - set(TIME_COLUMNS))
         if unknown:
             raise ValueError(
-                f"unknown column key(s) {', '.join(unknown)}; time_kinds takes "
-                + ", ".join(TIME_COLUMNS)
+                f"unknown column key(s) {', '.join(unknown)}; time_kinds takes " + ", ".join(TIME_COLUMNS)
             )
         return value
 
@@ -354,8 +352,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigurationError(
             f"configuration file {path} has unknown sections",
             problems=[
-                f"[{name}]: unknown section; known sections: {', '.join(SECTIONS)}"
-                for name in unknown
+                f"[{name}]: unknown section; known sections: {', '.join(SECTIONS)}" for name in unknown
             ],
         )
     return data
