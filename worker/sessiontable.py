@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
-from worker.errors import ConfigurationError, MappingMismatch
+from worker.errors import ConfigurationError, InvalidInput, MappingMismatch
 from worker.profiles import PROFILES
 from worker.settings import TIME_COLUMNS, PolicySettings, SessionsSettings, Settings
 
@@ -320,9 +320,9 @@ class SessionTable:
         col = self.c("user_id")
         if col is not None and isinstance(col.type, sa.Integer):
             try:
-                return int(user_id)
+                return _bigint(user_id)
             except ValueError:
-                raise ConfigurationError(
+                raise InvalidInput(
                     "bad user id",
                     problems=[
                         f"user id {user_id[:40]!r}: must be an integer for {self.mapping.qualified_name}"
@@ -334,9 +334,9 @@ class SessionTable:
         """A session id from outside, converted to the id column's type."""
         if isinstance(self.id_col.type, sa.Integer):
             try:
-                return int(session_id)
+                return _bigint(session_id)
             except ValueError:
-                raise ConfigurationError(
+                raise InvalidInput(
                     "bad session id",
                     problems=[f"session id: must be an integer for {self.mapping.qualified_name}"],
                 ) from None
@@ -346,7 +346,7 @@ class SessionTable:
             try:
                 return uuid.UUID(session_id)
             except ValueError:
-                raise ConfigurationError("bad session id", problems=["session id: must be a UUID"]) from None
+                raise InvalidInput("bad session id", problems=["session id: must be a UUID"]) from None
         return session_id
 
     def time_value(self, key: str, moment: datetime) -> Any:
@@ -432,6 +432,14 @@ class SessionTable:
         if self.c("revoked") is not None:
             parts.append(sa.or_(self.c("revoked").is_(None), sa.not_(self.revoked_clause())))  # type: ignore[union-attr]
         return sa.and_(sa.true(), *parts)
+
+
+def _bigint(text: str) -> int:
+    # Past 64 bits the database raises a data error instead of finding nothing: refuse it here.
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(text)
+    return value
 
 
 _opened: dict[tuple[int, str], SessionTable] = {}

@@ -232,6 +232,9 @@ class ApiSettings(_Section):
     #: serve without authentication (development only; announced loudly)
     insecure_dev: bool = False
     max_body_bytes: int = Field(default=16_384, ge=256)
+    #: how session ids are listed: "auto" (a fingerprint when the profile's id is the cookie value),
+    #: "raw", or "fingerprint" (sha256: prefix, never the id itself)
+    session_ids: Literal["auto", "raw", "fingerprint"] = "auto"
 
 
 class RevokeSettings(_Section):
@@ -240,6 +243,7 @@ class RevokeSettings(_Section):
     #: re-publish jobs still queued after this long
     outbox_delay: Duration = timedelta(seconds=30)
     outbox_schedule: Schedule = "1m"
+    #: deliveries of one job (a worker lost mid-job redelivers it) before it ends failed
     max_attempts: int = Field(default=5, ge=1)
 
 

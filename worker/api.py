@@ -1,0 +1,568 @@
+"""The HTTP API (FastAPI): revocation jobs, a user's sessions, stats, alerts and health probes.
+
+``create_app(settings)`` builds the app; ``sessionkeeper api`` serves it with uvicorn. Every
+error is ``{"error": {"code", "message"}}`` with its status, produced in the handlers below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import importlib
+import importlib.util
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import sqlalchemy as sa
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tasks import revoke
+from worker import db, models
+from worker.errors import (
+    CapabilityUnavailable,
+    ConfigurationError,
+    Conflict,
+    DatabaseUnavailable,
+    InvalidInput,
+    NotFound,
+    SessionkeeperError,
+)
+from worker.observability import get_logger
+from worker.profiles import PROFILES
+from worker.sessiontable import utcnow
+from worker.settings import ApiSettings, Settings
+
+log = get_logger("sessionkeeper.api")
+Scope = Literal["read", "revoke"]
+_TEXT = r"^[^\x00-\x1f\x7f]+$"  # ids: no control characters (PostgreSQL refuses NUL in text)
+UserId = Annotated[str, Path(min_length=1, max_length=255, pattern=_TEXT, description="The user's id.")]
+
+_STATUS_FOR: tuple[tuple[type[SessionkeeperError], int], ...] = (
+    (InvalidInput, 400),
+    (NotFound, 404),
+    (Conflict, 409),
+    (CapabilityUnavailable, 501),
+    (DatabaseUnavailable, 503),
+    (ConfigurationError, 503),
+)
+
+
+class ApiError(Exception):
+    """An HTTP-level refusal (auth, size) raised inside the app and rendered by one handler."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+# --- wire models --------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. not_found, conflict.")
+    message: str = Field(description="What went wrong and what to change.")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class RevokeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keep_session_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="Session to keep (the caller's current one); null or absent signs out everywhere.",
+    )
+    reason: str | None = Field(default=None, max_length=500, description="Kept with the job, for audit.")
+
+    @field_validator("keep_session_id", "reason")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        if value is not None and any(ord(ch) < 32 and ch not in "\t\n" for ch in value):
+            raise ValueError("must not contain NUL or control characters")
+        return value
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    status_url: str = Field(description="GET this for the job's progress.")
+
+
+class Job(BaseModel):
+    job_id: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    user_id: str
+    keep_session_id: str | None
+    revoked_count: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+
+
+class SessionOut(BaseModel):
+    id: str = Field(description='The session id, or "sha256:..." where the id is the cookie value.')
+    created_at: datetime | None = None
+    last_activity_at: datetime | None = None
+    expires_at: datetime | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "ready"]
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+class NotReady(ErrorBody):
+    checks: dict[str, str]
+
+
+def _row_model(name: str, table: sa.Table, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
+    # Built from our table so the schema follows the stats and anomaly jobs' columns.
+    fields: dict[str, Any] = {}
+    for col in table.columns:
+        if col.name in exclude:
+            continue
+        try:
+            py: Any = col.type.python_type
+        except NotImplementedError:
+            py = Any
+        fields[col.name] = (py | None, None)
+    model: type[BaseModel] = create_model(name, **fields)
+    return model
+
+
+UserStats = _row_model("UserStats", models.user_stats)
+Stats = _row_model("Stats", models.stats_snapshots, exclude=("id",))
+Alert = _row_model("Alert", models.alerts)
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "Bad id, header or value",
+        401: "Missing or invalid bearer token",
+        403: "Token lacks the scope",
+        404: "Not found",
+        409: "Idempotency-Key reused with another body",
+        413: "Request body too large",
+        422: "Malformed body or parameter",
+        501: "The session-table mapping lacks a column this needs",
+        503: "Database unreachable or misconfigured",
+    }
+    return {s: {"model": ErrorBody, "description": text[s]} for s in statuses}
+
+
+# --- authentication -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Token:
+    name: str
+    digest: bytes
+    scope: Scope
+
+
+def _tokens(cfg: ApiSettings) -> list[_Token]:
+    tokens = [_Token(t.name, bytes.fromhex(t.sha256), t.scope) for t in cfg.tokens]
+    if not tokens and not cfg.insecure_dev:
+        raise ConfigurationError(
+            "the API needs at least one token",
+            problems=[
+                'api.tokens: add [{ name = "ops", sha256 = "<printf %s TOKEN | sha256sum>", '
+                'scope = "revoke" }] (or SESSIONKEEPER_API__TOKENS as JSON); '
+                "api.insecure_dev = true serves without auth, for development only"
+            ],
+        )
+    return tokens
+
+
+def _authorizer(tokens: list[_Token], insecure: bool) -> Callable[[Scope], Any]:
+    bearer = HTTPBearer(auto_error=False, description="A token from api.tokens (stored as SHA-256).")
+
+    def need(scope: Scope) -> Any:
+        def check(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+            if insecure:
+                return "insecure-dev"
+            if cred is None:
+                raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>", _CHALLENGE)
+            digest = hashlib.sha256(cred.credentials.encode("utf-8", "surrogateescape")).digest()
+            found = None
+            for token in tokens:  # every comparison runs, so timing tells nothing about which
+                if hmac.compare_digest(token.digest, digest):
+                    found = token
+            if found is None:
+                raise ApiError(401, "unauthorized", "unknown bearer token", _CHALLENGE)
+            if scope == "revoke" and found.scope != "revoke":
+                raise ApiError(403, "forbidden", f"token {found.name!r} has scope read; this needs revoke")
+            return found.name
+
+        return Depends(check)
+
+    return need
+
+
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+# --- middleware ---------------------------------------------------------------------------------
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+AsgiApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
+
+
+class Limits:
+    """Reads at most ``max_body`` bytes (413 beyond) and reports each request to the metrics hook."""
+
+    def __init__(self, app: AsgiApp, *, max_body: int, observe: Callable[..., None] | None) -> None:
+        self.app, self.max_body, self.observe = app, max_body, observe
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            body = await self._read(scope, receive)
+            if body is None:
+                await _too_large(self.max_body)(scope, receive, sending)
+                return
+            replayed = False
+
+            async def replay() -> MutableMapping[str, Any]:
+                nonlocal replayed
+                if replayed:
+                    return await receive()
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            await self.app(scope, replay, sending)
+        finally:
+            if self.observe is not None:
+                route = getattr(scope.get("route"), "path", "unmatched")
+                self.observe(scope["method"], route, status, time.perf_counter() - started)
+
+    async def _read(self, scope: MutableMapping[str, Any], receive: Receive) -> bytes | None:
+        # Bodies here are tiny JSON: buffer them whole, so a too-large one never reaches a handler.
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_body):
+                return None
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b""
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return _error(413, "too_large", f"request body over {limit} bytes (api.max_body_bytes)")
+
+
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}, **extra}, status, headers=headers)
+
+
+def _metrics_module() -> Any:
+    # worker/metrics.py is optional: /metrics and request metrics exist only where it does.
+    if importlib.util.find_spec("worker.metrics") is None:
+        return None
+    return importlib.import_module("worker.metrics")
+
+
+# --- the app ------------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API for these settings; ConfigurationError when no token is set outside insecure_dev."""
+    cfg = settings.api
+    need = _authorizer(_tokens(cfg), cfg.insecure_dev)
+    if cfg.insecure_dev:
+        log.warning(
+            "api_insecure_dev_mode",
+            message="INSECURE: serving WITHOUT authentication (api.insecure_dev); development only",
+        )
+    engine = db.get_engine(settings)
+    metrics = _metrics_module()
+    app = FastAPI(
+        title="sessionkeeper",
+        version="1",
+        summary="Sign users out of other devices; read session statistics and alerts.",
+        responses=_errors(422),
+    )
+    app.add_middleware(Limits, max_body=cfg.max_body_bytes, observe=getattr(metrics, "observe_request", None))
+    _handlers(app)
+
+    def fingerprints() -> bool:
+        if cfg.session_ids != "auto":
+            return cfg.session_ids == "fingerprint"
+        profile = revoke.session_table(engine, settings).mapping.profile
+        return profile is not None and PROFILES[profile].id_is_token
+
+    @app.post(
+        "/v1/users/{user_id}/sessions/revoke",
+        status_code=202,
+        response_model=JobAccepted,
+        responses=_errors(400, 401, 403, 409, 413, 501, 503),
+        summary="Sign the user out of every session, or all but keep_session_id",
+    )
+    def post_revoke(
+        user_id: UserId,
+        _: Annotated[str, need("revoke")],
+        body: RevokeRequest | None = None,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                max_length=255,
+                pattern=r"^[\x21-\x7e]+$",
+                description="The same key and body return the same job; another body is a 409.",
+            ),
+        ] = None,
+    ) -> dict[str, Any]:
+        req = body or RevokeRequest()
+        submitted = revoke.submit_job(
+            engine,
+            settings,
+            user_id=user_id,
+            keep_session_id=req.keep_session_id,
+            reason=req.reason,
+            idempotency_key=idempotency_key,
+            source="api",
+        )
+        job_id = submitted.job["job_id"]
+        if submitted.created and revoke.publish_job(settings, job_id):
+            revoke.mark_published(engine, [job_id])
+        return {"job_id": job_id, "status": submitted.job["status"], "status_url": f"/v1/jobs/{job_id}"}
+
+    @app.get("/v1/jobs/{job_id}", response_model=Job, responses=_errors(401, 403, 404, 503))
+    def get_job(job_id: uuid.UUID, _: Annotated[str, need("read")]) -> dict[str, Any]:
+        return revoke.get_job(engine, str(job_id))
+
+    @app.get(
+        "/v1/users/{user_id}/sessions",
+        response_model=list[SessionOut],
+        responses=_errors(400, 401, 403, 501, 503),
+        summary="The user's active sessions (never a token)",
+    )
+    def get_sessions(
+        user_id: UserId,
+        _: Annotated[str, need("read")],
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
+        return _active_sessions(engine, settings, user_id, limit=limit, fingerprint=fingerprints())
+
+    @app.get(
+        "/v1/users/{user_id}/stats",
+        response_model=UserStats,
+        responses=_errors(400, 401, 403, 404, 503),
+        summary="The user's figures from the last stats run",
+    )
+    def get_user_stats(user_id: UserId, _: Annotated[str, need("read")]) -> dict[str, Any]:
+        t = models.user_stats
+        row = _first(engine, sa.select(t).where(t.c.user_id == user_id))
+        if row is None:
+            raise NotFound(f"no statistics for user {user_id[:64]!r} (none yet, or no active session)")
+        return row
+
+    @app.get("/v1/stats", response_model=Stats, responses=_errors(401, 403, 404, 503))
+    def get_stats(_: Annotated[str, need("read")]) -> dict[str, Any]:
+        t = models.stats_snapshots
+        row = _first(engine, sa.select(t).order_by(t.c.taken_at.desc(), t.c.id.desc()).limit(1))
+        if row is None:
+            raise NotFound("no statistics yet: the stats job has not run (sessionkeeper stats)")
+        row.pop("id", None)
+        return row
+
+    @app.get(
+        "/v1/alerts",
+        response_model=list[Alert],  # type: ignore[valid-type]
+        responses=_errors(401, 403, 503),
+        summary="Alerts from the anomaly scans, newest first",
+    )
+    def get_alerts(
+        _: Annotated[str, need("read")],
+        state: Annotated[Literal["open", "resolved", "all"], Query()] = "open",
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
+        t = models.alerts
+        query = sa.select(t).order_by(t.c.last_seen.desc(), t.c.id.desc()).limit(limit)
+        if state != "all":
+            query = query.where(t.c.state == state)
+        with db.translate_errors(engine), engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    @app.get("/healthz", response_model=Health, summary="The process is alive")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        response_model=Health,
+        responses={503: {"model": NotReady, "description": "Database or broker unreachable"}},
+        summary="The database and the broker are reachable",
+    )
+    def readyz() -> Any:
+        checks = {
+            "database": _probe(lambda: _ping_db(engine)),
+            "broker": _probe(lambda: _ping_broker(settings)),
+        }
+        down = [name for name, result in checks.items() if result != "ok"]
+        if down:
+            return _error(503, "not_ready", f"unreachable: {', '.join(down)}", checks=checks)
+        return {"status": "ready", "checks": checks}
+
+    if metrics is not None:
+
+        @app.get("/metrics", include_in_schema=True, summary="Prometheus metrics", response_class=Response)
+        def get_metrics() -> Response:
+            body = metrics.render(engine)
+            return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def _handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(SessionkeeperError)
+    async def _ours(_: Request, exc: SessionkeeperError) -> JSONResponse:
+        status = next((s for kind, s in _STATUS_FOR if isinstance(exc, kind)), 500)
+        if status >= 500:
+            log.warning("api_unavailable", code=exc.code, error=exc.message)
+        message = "; ".join([exc.message, *exc.problems])
+        return _error(status, exc.code, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(p) for p in err.get("loc", ()))
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        return _error(422, "invalid_request", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(sa.exc.DataError)
+    async def _data(_: Request, exc: sa.exc.DataError) -> JSONResponse:
+        # The database refused a value (out of range, wrong text): the caller's input, not a fault.
+        return _error(400, "invalid_input", "a value was refused by the database; check ids and lengths")
+
+    @app.exception_handler(sa.exc.OperationalError)
+    async def _db(_: Request, exc: sa.exc.OperationalError) -> JSONResponse:
+        log.warning("api_database_error", error=type(exc.orig).__name__)
+        return _error(503, "database_unavailable", "the database did not answer; try again")
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("api_internal_error")
+        return _error(500, "internal_error", "internal error (logged); please report it")
+
+
+# --- reads --------------------------------------------------------------------------------------
+
+
+def _first(engine: sa.Engine, query: sa.Select[Any]) -> dict[str, Any] | None:
+    with db.translate_errors(engine), engine.connect() as conn:
+        row = conn.execute(query).first()
+    return dict(row._mapping) if row is not None else None
+
+
+def _active_sessions(
+    engine: sa.Engine, settings: Settings, user_id: str, *, limit: int, fingerprint: bool
+) -> list[dict[str, Any]]:
+    """The user's active sessions by the mapping's own rule, newest first, never a token column."""
+    st = revoke.session_table(engine, settings)
+    user = st.user_value(user_id)
+    keys = [
+        k for k in ("created_at", "last_activity_at", "expires_at", "ip", "user_agent") if st.c(k) is not None
+    ]
+    cols = [st.id_col.label("id"), *(st.need(k).label(k) for k in keys)]
+    newest = st.c("last_activity_at") if st.c("last_activity_at") is not None else st.c("created_at")
+    query = (
+        sa.select(*cols)
+        .where(revoke.user_expr(st) == user, st.active_clause(utcnow(), settings.policy))
+        .order_by(*([newest.desc()] if newest is not None else []), st.id_col)
+        .limit(limit)
+    )
+    with db.translate_errors(engine), engine.connect() as conn:
+        rows = conn.execute(query).all()
+    out = []
+    for row in rows:
+        item: dict[str, Any] = {"id": _show_id(row.id, fingerprint)}
+        for key in keys:
+            raw = row._mapping[key]
+            if key in ("created_at", "last_activity_at", "expires_at"):
+                item[key] = st.to_datetime(key, raw)
+            else:
+                item[key] = None if raw is None else str(raw)
+        out.append(item)
+    return out
+
+
+def _show_id(raw: Any, fingerprint: bool) -> str:
+    text = str(raw)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32] if fingerprint else text
+
+
+def _probe(check: Callable[[], None]) -> str:
+    try:
+        check()
+    except Exception as exc:  # any failure means "not ready"; the kind is enough for the probe
+        return f"unreachable ({type(exc).__name__})"
+    return "ok"
+
+
+def _ping_db(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+
+
+def _ping_broker(settings: Settings) -> None:
+    import redis
+
+    client = redis.Redis.from_url(
+        settings.broker.url.get_secret_value(), socket_timeout=1, socket_connect_timeout=1
+    )
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+__all__ = ["ApiError", "create_app"]
