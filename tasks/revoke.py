@@ -105,8 +105,14 @@ def _stale_jobs(now: datetime, settings: Settings) -> sa.Select[Any]:
     # A published message sits in Redis until delivered; only past the visibility timeout is it
     # taken as lost (re-publishing earlier would pile duplicates onto a long queue).
     lost = sa.and_(jobs.c.status == "queued", jobs.c.published_at < now - settings.broker.visibility_timeout)
-    # No run outlives the hard time limit: a job running longer lost its worker.
-    dead = sa.and_(jobs.c.status == "running", jobs.c.started_at < now - settings.worker.time_limit - delay)
+    # No run outlives the hard time limit: a job running longer lost its worker. Once
+    # re-published, it waits as long again before the next copy.
+    dead_cutoff = now - settings.worker.time_limit - delay
+    dead = sa.and_(
+        jobs.c.status == "running",
+        jobs.c.started_at < dead_cutoff,
+        sa.or_(jobs.c.published_at.is_(None), jobs.c.published_at < dead_cutoff),
+    )
     return (
         sa.select(jobs.c.id)
         .where(sa.or_(never_published, lost, dead))

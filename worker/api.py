@@ -190,11 +190,13 @@ def _tokens(cfg: ApiSettings) -> list[_Token]:
     return tokens
 
 
-def _authorizer(tokens: list[_Token], insecure: bool) -> Callable[[Scope], Any]:
-    bearer = HTTPBearer(auto_error=False, description="A token from api.tokens (stored as SHA-256).")
+# Module level: FastAPI resolves the (string) annotations below against module globals.
+_bearer = HTTPBearer(auto_error=False, description="A token from api.tokens (stored as SHA-256).")
 
+
+def _authorizer(tokens: list[_Token], insecure: bool) -> Callable[[Scope], Any]:
     def need(scope: Scope) -> Any:
-        def check(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+        def check(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
             if insecure:
                 return "insecure-dev"
             if cred is None:
@@ -307,6 +309,7 @@ def create_app(settings: Settings) -> FastAPI:
     """The API for these settings; ConfigurationError when no token is set outside insecure_dev."""
     cfg = settings.api
     need = _authorizer(_tokens(cfg), cfg.insecure_dev)
+    reader, revoker = [need("read")], [need("revoke")]
     if cfg.insecure_dev:
         log.warning(
             "api_insecure_dev_mode",
@@ -331,6 +334,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post(
         "/v1/users/{user_id}/sessions/revoke",
+        dependencies=revoker,
         status_code=202,
         response_model=JobAccepted,
         responses=_errors(400, 401, 403, 409, 413, 501, 503),
@@ -338,7 +342,6 @@ def create_app(settings: Settings) -> FastAPI:
     )
     def post_revoke(
         user_id: UserId,
-        _: Annotated[str, need("revoke")],
         body: RevokeRequest | None = None,
         idempotency_key: Annotated[
             str | None,
@@ -365,38 +368,41 @@ def create_app(settings: Settings) -> FastAPI:
             revoke.mark_published(engine, [job_id])
         return {"job_id": job_id, "status": submitted.job["status"], "status_url": f"/v1/jobs/{job_id}"}
 
-    @app.get("/v1/jobs/{job_id}", response_model=Job, responses=_errors(401, 403, 404, 503))
-    def get_job(job_id: uuid.UUID, _: Annotated[str, need("read")]) -> dict[str, Any]:
+    @app.get(
+        "/v1/jobs/{job_id}", dependencies=reader, response_model=Job, responses=_errors(401, 403, 404, 503)
+    )
+    def get_job(job_id: uuid.UUID) -> dict[str, Any]:
         return revoke.get_job(engine, str(job_id))
 
     @app.get(
         "/v1/users/{user_id}/sessions",
+        dependencies=reader,
         response_model=list[SessionOut],
         responses=_errors(400, 401, 403, 501, 503),
         summary="The user's active sessions (never a token)",
     )
     def get_sessions(
         user_id: UserId,
-        _: Annotated[str, need("read")],
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[dict[str, Any]]:
         return _active_sessions(engine, settings, user_id, limit=limit, fingerprint=fingerprints())
 
     @app.get(
         "/v1/users/{user_id}/stats",
+        dependencies=reader,
         response_model=UserStats,
         responses=_errors(400, 401, 403, 404, 503),
         summary="The user's figures from the last stats run",
     )
-    def get_user_stats(user_id: UserId, _: Annotated[str, need("read")]) -> dict[str, Any]:
+    def get_user_stats(user_id: UserId) -> dict[str, Any]:
         t = models.user_stats
         row = _first(engine, sa.select(t).where(t.c.user_id == user_id))
         if row is None:
             raise NotFound(f"no statistics for user {user_id[:64]!r} (none yet, or no active session)")
         return row
 
-    @app.get("/v1/stats", response_model=Stats, responses=_errors(401, 403, 404, 503))
-    def get_stats(_: Annotated[str, need("read")]) -> dict[str, Any]:
+    @app.get("/v1/stats", dependencies=reader, response_model=Stats, responses=_errors(401, 403, 404, 503))
+    def get_stats() -> dict[str, Any]:
         t = models.stats_snapshots
         row = _first(engine, sa.select(t).order_by(t.c.taken_at.desc(), t.c.id.desc()).limit(1))
         if row is None:
@@ -406,12 +412,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get(
         "/v1/alerts",
+        dependencies=reader,
         response_model=list[Alert],  # type: ignore[valid-type]
         responses=_errors(401, 403, 503),
         summary="Alerts from the anomaly scans, newest first",
     )
     def get_alerts(
-        _: Annotated[str, need("read")],
         state: Annotated[Literal["open", "resolved", "all"], Query()] = "open",
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[dict[str, Any]]:

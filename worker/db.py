@@ -94,11 +94,14 @@ def get_engine(settings: Settings, *, replica: bool = False) -> Engine:
         return engine
 
 
-def dispose_engines() -> None:
-    """Drop pooled connections (after fork, a child must never reuse its parent's sockets)."""
+def dispose_engines(*, close: bool = False) -> None:
+    """Drop pooled connections (after fork, a child must never reuse its parent's sockets).
+
+    ``close=True`` closes them too (tests, shutdown); after a fork they must only be forgotten.
+    """
     with _engines_lock:
         for engine in _engines.values():
-            engine.dispose(close=False)
+            engine.dispose(close=close)
         _engines.clear()
 
 
