@@ -10,11 +10,9 @@ import hashlib
 import hmac
 import importlib
 import importlib.util
-import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
@@ -22,11 +20,23 @@ from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tasks import revoke
 from worker import db, models
+from worker.api_middleware import Limits, error_response
+from worker.api_models import (
+    Alert,
+    Health,
+    Job,
+    JobAccepted,
+    NotReady,
+    RevokeRequest,
+    SessionOut,
+    Stats,
+    UserStats,
+    error_responses,
+)
 from worker.errors import (
     CapabilityUnavailable,
     ConfigurationError,
@@ -62,108 +72,6 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
-# --- wire models --------------------------------------------------------------------------------
-
-
-class ErrorDetail(BaseModel):
-    code: str = Field(description="Stable machine-readable code, e.g. not_found, conflict.")
-    message: str = Field(description="What went wrong and what to change.")
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
-
-
-class RevokeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    keep_session_id: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=255,
-        description="Session to keep (the caller's current one); null or absent signs out everywhere.",
-    )
-    reason: str | None = Field(default=None, max_length=500, description="Kept with the job, for audit.")
-
-    @field_validator("keep_session_id", "reason")
-    @classmethod
-    def _storable(cls, value: str | None) -> str | None:
-        if value is not None and any(ord(ch) < 32 and ch not in "\t\n" for ch in value):
-            raise ValueError("must not contain NUL or control characters")
-        return value
-
-
-class JobAccepted(BaseModel):
-    job_id: str
-    status: Literal["queued", "running", "succeeded", "failed"]
-    status_url: str = Field(description="GET this for the job's progress.")
-
-
-class Job(BaseModel):
-    job_id: str
-    status: Literal["queued", "running", "succeeded", "failed"]
-    user_id: str
-    keep_session_id: str | None
-    revoked_count: int | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    error: str | None
-
-
-class SessionOut(BaseModel):
-    id: str = Field(description='The session id, or "sha256:..." where the id is the cookie value.')
-    created_at: datetime | None = None
-    last_activity_at: datetime | None = None
-    expires_at: datetime | None = None
-    ip: str | None = None
-    user_agent: str | None = None
-
-
-class Health(BaseModel):
-    status: Literal["ok", "ready"]
-    checks: dict[str, str] = Field(default_factory=dict)
-
-
-class NotReady(ErrorBody):
-    checks: dict[str, str]
-
-
-def _row_model(name: str, table: sa.Table, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
-    # Built from our table so the schema follows the stats and anomaly jobs' columns.
-    fields: dict[str, Any] = {}
-    for col in table.columns:
-        if col.name in exclude:
-            continue
-        try:
-            py: Any = col.type.python_type
-        except NotImplementedError:
-            py = Any
-        fields[col.name] = (py | None, None)
-    model: type[BaseModel] = create_model(name, **fields)
-    return model
-
-
-UserStats = _row_model("UserStats", models.user_stats)
-Stats = _row_model("Stats", models.stats_snapshots, exclude=("id",))
-Alert = _row_model("Alert", models.alerts)
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    text = {
-        400: "Bad id, header or value",
-        401: "Missing or invalid bearer token",
-        403: "Token lacks the scope",
-        404: "Not found",
-        409: "Idempotency-Key reused with another body",
-        413: "Request body too large",
-        422: "Malformed body or parameter",
-        501: "The session-table mapping lacks a column this needs",
-        503: "Database unreachable or misconfigured",
-    }
-    return {s: {"model": ErrorBody, "description": text[s]} for s in statuses}
 
 
 # --- authentication -----------------------------------------------------------------------------
@@ -220,81 +128,6 @@ def _authorizer(tokens: list[_Token], insecure: bool) -> Callable[[Scope], Any]:
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-# --- middleware ---------------------------------------------------------------------------------
-
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-AsgiApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
-
-
-class Limits:
-    """Reads at most ``max_body`` bytes (413 beyond) and reports each request to the metrics hook."""
-
-    def __init__(self, app: AsgiApp, *, max_body: int, observe: Callable[..., None] | None) -> None:
-        self.app, self.max_body, self.observe = app, max_body, observe
-
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def sending(message: MutableMapping[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            body = await self._read(scope, receive)
-            if body is None:
-                await _too_large(self.max_body)(scope, receive, sending)
-                return
-            replayed = False
-
-            async def replay() -> MutableMapping[str, Any]:
-                nonlocal replayed
-                if replayed:
-                    return await receive()
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            await self.app(scope, replay, sending)
-        finally:
-            if self.observe is not None:
-                route = getattr(scope.get("route"), "path", "unmatched")
-                self.observe(scope["method"], route, status, time.perf_counter() - started)
-
-    async def _read(self, scope: MutableMapping[str, Any], receive: Receive) -> bytes | None:
-        # Bodies here are tiny JSON: buffer them whole, so a too-large one never reaches a handler.
-        for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_body):
-                return None
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return b""
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return b"".join(chunks)
-
-
-def _too_large(limit: int) -> JSONResponse:
-    return _error(413, "too_large", f"request body over {limit} bytes (api.max_body_bytes)")
-
-
-def _error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
-) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}, **extra}, status, headers=headers)
-
-
 def _metrics_module() -> Any:
     # worker/metrics.py is optional: /metrics and request metrics exist only where it does.
     if importlib.util.find_spec("worker.metrics") is None:
@@ -321,7 +154,7 @@ def create_app(settings: Settings) -> FastAPI:
         title="sessionkeeper",
         version="1",
         summary="Sign users out of other devices; read session statistics and alerts.",
-        responses=_errors(422),
+        responses=error_responses(422),
     )
     app.add_middleware(Limits, max_body=cfg.max_body_bytes, observe=getattr(metrics, "observe_request", None))
     _handlers(app)
@@ -337,7 +170,7 @@ def create_app(settings: Settings) -> FastAPI:
         dependencies=revoker,
         status_code=202,
         response_model=JobAccepted,
-        responses=_errors(400, 401, 403, 409, 413, 501, 503),
+        responses=error_responses(400, 401, 403, 409, 413, 501, 503),
         summary="Sign the user out of every session, or all but keep_session_id",
     )
     def post_revoke(
@@ -369,7 +202,10 @@ def create_app(settings: Settings) -> FastAPI:
         return {"job_id": job_id, "status": submitted.job["status"], "status_url": f"/v1/jobs/{job_id}"}
 
     @app.get(
-        "/v1/jobs/{job_id}", dependencies=reader, response_model=Job, responses=_errors(401, 403, 404, 503)
+        "/v1/jobs/{job_id}",
+        dependencies=reader,
+        response_model=Job,
+        responses=error_responses(401, 403, 404, 503),
     )
     def get_job(job_id: uuid.UUID) -> dict[str, Any]:
         return revoke.get_job(engine, str(job_id))
@@ -378,7 +214,7 @@ def create_app(settings: Settings) -> FastAPI:
         "/v1/users/{user_id}/sessions",
         dependencies=reader,
         response_model=list[SessionOut],
-        responses=_errors(400, 401, 403, 501, 503),
+        responses=error_responses(400, 401, 403, 501, 503),
         summary="The user's active sessions (never a token)",
     )
     def get_sessions(
@@ -391,7 +227,7 @@ def create_app(settings: Settings) -> FastAPI:
         "/v1/users/{user_id}/stats",
         dependencies=reader,
         response_model=UserStats,
-        responses=_errors(400, 401, 403, 404, 503),
+        responses=error_responses(400, 401, 403, 404, 503),
         summary="The user's figures from the last stats run",
     )
     def get_user_stats(user_id: UserId) -> dict[str, Any]:
@@ -401,7 +237,9 @@ def create_app(settings: Settings) -> FastAPI:
             raise NotFound(f"no statistics for user {user_id[:64]!r} (none yet, or no active session)")
         return row
 
-    @app.get("/v1/stats", dependencies=reader, response_model=Stats, responses=_errors(401, 403, 404, 503))
+    @app.get(
+        "/v1/stats", dependencies=reader, response_model=Stats, responses=error_responses(401, 403, 404, 503)
+    )
     def get_stats() -> dict[str, Any]:
         t = models.stats_snapshots
         row = _first(engine, sa.select(t).order_by(t.c.taken_at.desc(), t.c.id.desc()).limit(1))
@@ -414,7 +252,7 @@ def create_app(settings: Settings) -> FastAPI:
         "/v1/alerts",
         dependencies=reader,
         response_model=list[Alert],  # type: ignore[valid-type]
-        responses=_errors(401, 403, 503),
+        responses=error_responses(401, 403, 503),
         summary="Alerts from the anomaly scans, newest first",
     )
     def get_alerts(
@@ -445,7 +283,7 @@ def create_app(settings: Settings) -> FastAPI:
         }
         down = [name for name, result in checks.items() if result != "ok"]
         if down:
-            return _error(503, "not_ready", f"unreachable: {', '.join(down)}", checks=checks)
+            return error_response(503, "not_ready", f"unreachable: {', '.join(down)}", checks=checks)
         return {"status": "ready", "checks": checks}
 
     if metrics is not None:
@@ -461,7 +299,7 @@ def create_app(settings: Settings) -> FastAPI:
 def _handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, exc.headers)
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(SessionkeeperError)
     async def _ours(_: Request, exc: SessionkeeperError) -> JSONResponse:
@@ -469,7 +307,7 @@ def _handlers(app: FastAPI) -> None:
         if status >= 500:
             log.warning("api_unavailable", code=exc.code, error=exc.message)
         message = "; ".join([exc.message, *exc.problems])
-        return _error(status, exc.code, message)
+        return error_response(status, exc.code, message)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -477,27 +315,29 @@ def _handlers(app: FastAPI) -> None:
         for err in exc.errors()[:5]:
             where = ".".join(str(p) for p in err.get("loc", ()))
             parts.append(f"{where}: {err.get('msg', 'invalid')}")
-        return _error(422, "invalid_request", "; ".join(parts) or "invalid request")
+        return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(sa.exc.DataError)
     async def _data(_: Request, exc: sa.exc.DataError) -> JSONResponse:
         # The database refused a value (out of range, wrong text): the caller's input, not a fault.
-        return _error(400, "invalid_input", "a value was refused by the database; check ids and lengths")
+        return error_response(
+            400, "invalid_input", "a value was refused by the database; check ids and lengths"
+        )
 
     @app.exception_handler(sa.exc.OperationalError)
     async def _db(_: Request, exc: sa.exc.OperationalError) -> JSONResponse:
         log.warning("api_database_error", error=type(exc.orig).__name__)
-        return _error(503, "database_unavailable", "the database did not answer; try again")
+        return error_response(503, "database_unavailable", "the database did not answer; try again")
 
     @app.exception_handler(Exception)
     async def _bug(_: Request, exc: Exception) -> JSONResponse:
         log.exception("api_internal_error")
-        return _error(500, "internal_error", "internal error (logged); please report it")
+        return error_response(500, "internal_error", "internal error (logged); please report it")
 
 
 # --- reads --------------------------------------------------------------------------------------
