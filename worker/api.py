@@ -6,12 +6,13 @@ error is ``{"error": {"code", "message"}}`` with its status, produced in the han
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import importlib
 import importlib.util
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -150,11 +151,19 @@ def create_app(settings: Settings) -> FastAPI:
         )
     engine = db.get_engine(settings)
     metrics = _metrics_module()
+    marks = revoke.PublishedMarks(engine)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        marks.close()  # record the last published marks before the process goes
+
     app = FastAPI(
         title="sessionkeeper",
         version="1",
         summary="Sign users out of other devices; read session statistics and alerts.",
         responses=error_responses(422),
+        lifespan=lifespan,
     )
     app.add_middleware(Limits, max_body=cfg.max_body_bytes, observe=getattr(metrics, "observe_request", None))
     _handlers(app)
@@ -198,7 +207,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         job_id = submitted.job["job_id"]
         if submitted.created and revoke.publish_job(settings, job_id):
-            revoke.mark_published(engine, [job_id])
+            marks.add(job_id)
         return {"job_id": job_id, "status": submitted.job["status"], "status_url": f"/v1/jobs/{job_id}"}
 
     @app.get(

@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from worker.errors import ConfigurationError, InvalidInput, MappingMismatch
 from worker.profiles import PROFILES
@@ -455,9 +455,27 @@ def open_table(conn: Connection, settings: Settings) -> SessionTable:
     return table
 
 
+def table_for(engine: Engine, settings: Settings) -> SessionTable:
+    """``open_table`` without taking a connection once the mapping is reflected (hot paths: the API)."""
+    table = _opened.get((id(engine), settings.sessions.model_dump_json()))
+    if table is None:
+        with engine.connect() as conn:
+            table = open_table(conn, settings)
+    return table
+
+
 def utcnow() -> datetime:
     """Now, timezone-aware UTC (every datetime in sessionkeeper is)."""
     return datetime.now(UTC)
 
 
-__all__ = ["Capability", "Mapping", "SessionTable", "load_mapping", "open_table", "timedelta", "utcnow"]
+__all__ = [
+    "Capability",
+    "Mapping",
+    "SessionTable",
+    "load_mapping",
+    "open_table",
+    "table_for",
+    "timedelta",
+    "utcnow",
+]
