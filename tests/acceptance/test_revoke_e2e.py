@@ -66,7 +66,7 @@ def shared(pg_template: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     broker = redis.Redis.from_url(REDIS_URL)
     broker.flushdb()
     engine = db.make_engine(url)
-    users = {"others": 4, "all": 3, "idem": 2, "victim": 2, "intruder": 1, "dup": 6}
+    users = {"others": 4, "all": 3, "idem": 2, "victim": 2, "intruder": 1, "dup": 6, "cli": 2}
     live = seed_sessions(engine, users)
     workdir = tmp_path_factory.mktemp("revoke-stack")
     env = {"SESSIONKEEPER_DATABASE__URL": url, "SESSIONKEEPER_BROKER__URL": REDIS_URL}
@@ -75,7 +75,14 @@ def shared(pg_template: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             s.start_worker(concurrency=2)
             s.start_api()
             settings = Settings(database={"url": url}, broker={"url": REDIS_URL})
-            yield {"stack": s, "engine": engine, "live": live, "settings": settings, "redis": broker}
+            yield {
+                "stack": s,
+                "engine": engine,
+                "live": live,
+                "settings": settings,
+                "redis": broker,
+                "env": env,
+            }
     finally:
         engine.dispose()
         _drop(name)
@@ -179,6 +186,14 @@ def test_duplicate_delivery_has_one_effect(shared: dict[str, Any]) -> None:
             events.append(m)
     assert len(events) == 1
     sub.close()
+
+
+def test_cli_revoke_through_the_worker_and_wait(shared: dict[str, Any]) -> None:
+    from tests.helpers import cli_json
+
+    job = cli_json("revoke", "cli", "--wait", "--timeout", "30", env=shared["env"])
+    assert job["status"] == "succeeded" and job["revoked_count"] == 2
+    assert live_ids(shared["engine"], "cli") == set()
 
 
 def test_auth_over_http(shared: dict[str, Any]) -> None:

@@ -181,3 +181,22 @@ def test_event_lists_the_revoked_ids(make_settings, pg_url, redis_url) -> None: 
     event = json.loads(sub.get_message(timeout=5)["data"])
     assert event == {"user_id": "bob", "session_ids": [live["bob"][0]], "job_id": job_id}
     sub.close()
+
+
+def test_cli_revoke_inline_job_and_errors(sqlite_url, redis_url) -> None:  # type: ignore[no-untyped-def]
+    from tests.helpers import cli, cli_json
+    from worker.settings import Settings
+
+    engine = db.get_engine(Settings(database={"url": sqlite_url}))
+    live = seed_sessions(engine, {"carol": 3, "dan": 1})
+    env = {"SESSIONKEEPER_DATABASE__URL": sqlite_url, "SESSIONKEEPER_BROKER__URL": redis_url}
+    done = cli_json("revoke", "carol", "--keep", live["carol"][0], "--reason", "cli", "--inline", env=env)
+    assert done["status"] == "succeeded" and done["revoked_count"] == 2
+    assert cli_json("job", done["job_id"], env=env)["revoked_count"] == 2
+    failed = cli_json("revoke", "carol", "--keep", live["dan"][0], "--inline", env=env, expect=1)
+    assert failed["status"] == "failed" and "not a session of this user" in failed["error"]
+    missing = cli("job", "no-such-job", env=env)
+    assert missing.returncode == 1 and "no revocation job" in missing.stderr
+    no_token = cli("api", "--port", "1", env=env)
+    assert no_token.returncode == 2 and "api.tokens" in no_token.stderr
+    assert "Traceback" not in no_token.stderr + missing.stderr
