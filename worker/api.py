@@ -105,7 +105,8 @@ _bearer = HTTPBearer(auto_error=False, description="A token from api.tokens (sto
 
 def _authorizer(tokens: list[_Token], insecure: bool) -> Callable[[Scope], Any]:
     def need(scope: Scope) -> Any:
-        def check(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+        # async: hashing needs no thread, and a sync dependency would cost a second thread hop.
+        async def check(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
             if insecure:
                 return "insecure-dev"
             if cred is None:
@@ -303,6 +304,16 @@ def create_app(settings: Settings) -> FastAPI:
             return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app for this process's settings: uvicorn's factory when serving several processes."""
+    from worker.observability import configure_logging
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.logging)
+    return create_app(settings)
 
 
 def _handlers(app: FastAPI) -> None:

@@ -289,6 +289,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--revoke-rate", type=float, default=20, help="rate for the POST-to-revoked phase")
     parser.add_argument("--users", type=int, default=20000)
+    parser.add_argument("--api-workers", type=int, default=1, help="sessionkeeper api --workers")
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/8")
     args = parser.parse_args()
@@ -324,7 +325,9 @@ def main() -> None:
             }
         )
         port = 18000 + os.getpid() % 1000
-        procs.append(spawn(["api", "--port", str(port)], env, workdir / "api.log"))
+        procs.append(
+            spawn(["api", "--port", str(port), "--workers", str(args.api_workers)], env, workdir / "api.log")
+        )
         api = f"http://127.0.0.1:{port}"
         for _ in range(100):
             try:

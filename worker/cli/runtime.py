@@ -142,8 +142,15 @@ def health_command(cli: Cli, worker_only: bool, max_age: int, as_json: bool) -> 
 @click.command()
 @click.option("--host", help="Address to bind (default: api.host).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default: api.port).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Server processes (each with its own database pool).",
+)
 @pass_cli
-def api_command(cli: Cli, host: str | None, port: int | None) -> None:
+def api_command(cli: Cli, host: str | None, port: int | None, workers: int) -> None:
     """Serve the HTTP API (revocations, sessions, stats, alerts, health) with uvicorn."""
     import uvicorn
 
@@ -157,11 +164,14 @@ def api_command(cli: Cli, host: str | None, port: int | None) -> None:
             "Development only; never expose it.",
             err=True,
         )
-    uvicorn.run(
-        app,
-        host=host or settings.api.host,
-        port=port or settings.api.port,
-        log_config=None,  # our structlog handlers, set up by cli.settings
-        access_log=False,
-        server_header=False,
-    )
+    options: dict[str, Any] = {
+        "host": host or settings.api.host,
+        "port": port or settings.api.port,
+        "log_config": None,  # our structlog handlers, set up by cli.settings
+        "access_log": False,
+        "server_header": False,
+    }
+    if workers == 1:
+        uvicorn.run(app, **options)
+    else:  # each process builds its app from the same environment (and --config, exported)
+        uvicorn.run("worker.api:app_from_environment", factory=True, workers=workers, **options)
