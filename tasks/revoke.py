@@ -244,14 +244,25 @@ def _publisher(broker_url: str) -> Celery:
     return pub
 
 
-def publish_job(settings: Settings, job_id: str) -> bool:
+#: after a failed publish, requests skip the broker this long (the sweep publishes their jobs)
+BROKER_BACKOFF_SECONDS = 5.0
+_broker_down_until: dict[str, float] = {}
+
+
+def publish_job(settings: Settings, job_id: str, *, backoff: bool = False) -> bool:
     """Send the job to the broker (task id = job id); False when the broker is unreachable.
 
     A failure loses nothing: the committed row stays queued and the outbox sweep re-publishes it.
+    With ``backoff`` (the API), a recent failure skips the attempt, so that during an outage each
+    request answers at once instead of waiting out the publish retries.
     """
+    url = settings.broker.url.get_secret_value()
+    if backoff and time.monotonic() < _broker_down_until.get(url, 0.0):
+        return False
     try:
-        _publisher(settings.broker.url.get_secret_value()).send_task(TASK_NAME, args=[job_id], task_id=job_id)
+        _publisher(url).send_task(TASK_NAME, args=[job_id], task_id=job_id)
     except Exception as exc:  # kombu and redis raise many kinds; every one means "not sent"
+        _broker_down_until[url] = time.monotonic() + BROKER_BACKOFF_SECONDS
         log.warning("revocation_publish_failed", job_id=job_id, error=type(exc).__name__)
         return False
     return True
@@ -356,7 +367,6 @@ def run_job(
             if result["status"] is None:
                 raise NotFound(f"no revocation job {job_id[:64]}")
             run.skip(f"job already {result['status']}")
-            raise AssertionError("unreachable")  # run.skip raises; this keeps the types honest
         run.figures["attempt"] = claimed.attempts
         if claimed.attempts > settings.revoke.max_attempts:
             _fail(engine, job_id, f"gave up after {claimed.attempts - 1} attempts (worker lost each time)")

@@ -207,7 +207,7 @@ def create_app(settings: Settings) -> FastAPI:
             source="api",
         )
         job_id = submitted.job["job_id"]
-        if submitted.created and revoke.publish_job(settings, job_id):
+        if submitted.created and revoke.publish_job(settings, job_id, backoff=True):
             marks.add(job_id)
         return {"job_id": job_id, "status": submitted.job["status"], "status_url": f"/v1/jobs/{job_id}"}
 

@@ -211,7 +211,7 @@ def test_auth_over_http(shared: dict[str, Any]) -> None:
 
 def test_broker_down_when_the_request_arrives_then_up(pg_url: str, tmp_path: Path) -> None:
     engine = db.get_engine(Settings(database={"url": pg_url}))
-    live = seed_sessions(engine, {"late": 3})
+    live = seed_sessions(engine, {"late": 3, "later": 2})
     broker = PrivateRedis(tmp_path)  # not started: the broker is down
     env = {"SESSIONKEEPER_DATABASE__URL": pg_url, "SESSIONKEEPER_BROKER__URL": broker.url, **QUIET_BEAT}
     try:
@@ -224,6 +224,10 @@ def test_broker_down_when_the_request_arrives_then_up(pg_url: str, tmp_path: Pat
                 assert r.status_code == 202, r.text
                 assert seconds < 5
                 job_id = r.json()["job_id"]
+                started = time.monotonic()
+                second = client.post("/v1/users/later/sessions/revoke")
+                assert second.status_code == 202
+                assert time.monotonic() - started < 1  # the outage is remembered: no wait on retries
                 assert client.get("/readyz").status_code == 503
                 assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
             broker.start()
@@ -232,6 +236,7 @@ def test_broker_down_when_the_request_arrives_then_up(pg_url: str, tmp_path: Pat
             job = wait_job(s, job_id, timeout=40)
             assert job["status"] == "succeeded" and job["revoked_count"] == 2, s.log("beat")
             assert live_ids(engine, "late") == {live["late"][0]}
+            assert wait_job(s, second.json()["job_id"])["revoked_count"] == 2
     finally:
         broker.stop()
 
