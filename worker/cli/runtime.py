@@ -23,6 +23,7 @@ def worker_command(cli: Cli, concurrency: int, celery_args: tuple[str, ...]) -> 
     _ = cli.settings  # a configuration error exits 2 here, before Celery starts
     from worker.celery_app import app
 
+    quiet = ["--quiet"] if not sys.stdout.isatty() else []  # the ASCII banner is for people
     app.worker_main(
         [
             "worker",
@@ -32,6 +33,10 @@ def worker_command(cli: Cli, concurrency: int, celery_args: tuple[str, ...]) -> 
             "sessionkeeper",
             "--concurrency",
             str(concurrency),
+            # Mingle and gossip only slow start-up and add broker chatter; we use neither.
+            "--without-mingle",
+            "--without-gossip",
+            *quiet,
             *celery_args,
         ]
     )
