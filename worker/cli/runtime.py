@@ -24,8 +24,9 @@ def worker_command(cli: Cli, concurrency: int, celery_args: tuple[str, ...]) -> 
     from worker.celery_app import app
 
     quiet = ["--quiet"] if not sys.stdout.isatty() else []  # the ASCII banner is for people
-    app.worker_main(
+    app.start(
         [
+            *quiet,
             "worker",
             "--loglevel",
             cli.settings.logging.level,
@@ -36,7 +37,6 @@ def worker_command(cli: Cli, concurrency: int, celery_args: tuple[str, ...]) -> 
             # Mingle and gossip only slow start-up and add broker chatter; we use neither.
             "--without-mingle",
             "--without-gossip",
-            *quiet,
             *celery_args,
         ]
     )
