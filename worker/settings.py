@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -27,7 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from worker.durations import format_duration, parse_duration, parse_schedule
 from worker.errors import ConfigurationError
@@ -391,8 +392,42 @@ def load_settings(config_path: str | Path | None = None) -> Settings:
         return Settings()
     except ValidationError as exc:
         raise ConfigurationError("invalid configuration", problems=describe_errors(exc)) from None
+    except SettingsError:
+        # pydantic-settings could not even decode an environment value (lists, tables).
+        raise ConfigurationError("invalid configuration", problems=_undecodable_env()) from None
     finally:
         _toml_data.reset(token)
+
+
+def _complex_env_names() -> dict[str, str]:
+    """Environment variables whose value must be JSON (lists and tables), with what they hold."""
+    names = {}
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        for name, sub in model.model_fields.items():
+            text = str(sub.annotation)
+            if text.startswith(("list", "dict")) or "UserIdJson" in text:
+                kind = "a JSON list" if text.startswith("list") else "a JSON object"
+                names[f"{ENV_PREFIX}{section.upper()}__{name.upper()}"] = kind
+    return names
+
+
+def _undecodable_env() -> list[str]:
+    problems = []
+    for env, kind in _complex_env_names().items():
+        raw = os.environ.get(env)
+        if raw is None:
+            continue
+        try:
+            json.loads(raw)
+        except ValueError:
+            key = env.removeprefix(ENV_PREFIX).lower().replace("__", ".")
+            problems.append(f"{key} [{env}]: must be {kind}, e.g. {'[]' if 'list' in kind else '{}'}")
+    return problems or [
+        "environment: a SESSIONKEEPER_* value could not be decoded (lists and tables are JSON)"
+    ]
 
 
 @functools.cache
