@@ -353,10 +353,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigurationError(
             f"configuration file {path} has unknown sections",
             problems=[
-                f"[{name}]: unknown section; known sections: {', '.join(SECTIONS)}" for name in unknown
+                f"[{_printable(name)}]: unknown section; known sections: {', '.join(SECTIONS)}"
+                for name in unknown
             ],
         )
     return data
+
+
+def _printable(text: object) -> str:
+    """User-supplied names in one line: control characters escaped, never a raw newline."""
+    raw = str(text)
+    return raw if raw.isprintable() else repr(raw)[1:-1]
 
 
 def env_name(loc: tuple[int | str, ...]) -> str:
@@ -369,7 +376,7 @@ def describe_errors(exc: ValidationError) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
-        key = ".".join(str(p) for p in loc) or "(settings)"
+        key = ".".join(_printable(p) for p in loc) or "(settings)"
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key"
@@ -379,7 +386,7 @@ def describe_errors(exc: ValidationError) -> list[str]:
         got = "" if secret or err["type"] == "missing" else f" (got {err['input']!r})"
         if len(got) > 80:
             got = got[:77] + "...)"
-        lines.append(f"{key} [{env_name(loc)}]: {message}{got}")
+        lines.append(f"{key} [{_printable(env_name(loc))}]: {_printable(message)}{got}")
     return lines
 
 
