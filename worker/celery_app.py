@@ -38,4 +38,6 @@ def _existing(modules: list[str]) -> list[str]:
 
 app.conf.include = _existing(TASK_MODULES)
 
-from worker import signals  # noqa: E402,F401  - connects the process start-up receivers
+from worker import signals  # noqa: E402  - connects the process start-up receivers
+
+app.steps["consumer"].add(signals.HeartbeatStep)
