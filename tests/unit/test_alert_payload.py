@@ -149,7 +149,7 @@ def test_slack_message() -> None:
     }
     assert fields["*Observed*"] == "55"
     assert fields["*Window*"] == "10m"
-    assert fields["*Score*"] == "kind=p_value, value=1.2e-09"
+    assert fields["*Score*"] == "p_value=1.2e-09"
     assert "alert #7" in msg["blocks"][2]["elements"][0]["text"]
     assert len(msg["blocks"][1]["fields"]) <= 10
 

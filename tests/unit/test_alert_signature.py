@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +64,17 @@ def test_backoff_honours_retry_after_within_the_cap() -> None:
 def test_backoff_counts_from_one() -> None:
     with pytest.raises(ValueError, match="starts at 1"):
         dispatch.retry_delay(0, base=timedelta(seconds=1), cap=timedelta(seconds=2))
+
+
+def test_the_receiver_snippet_in_the_docs_works() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "alerts.md").read_text()
+    snippet = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(snippet, "docs/alerts.md", "exec"), namespace)  # noqa: S102 - our own doc
+    verify = namespace["verify"]
+    header = webhook.sign("s3cret", BODY, timestamp=int(time.time()))
+    assert verify("s3cret", header, BODY)
+    assert not verify("wrong", header, BODY)
+    assert not verify("s3cret", header, BODY + b"x")
+    stale = webhook.sign("s3cret", BODY, timestamp=int(time.time()) - 301)
+    assert not verify("s3cret", stale, BODY)

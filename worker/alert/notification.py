@@ -128,7 +128,8 @@ def _window(value: Any) -> str:
     return str(value)
 
 
-def _score(payload: Mapping[str, Any]) -> str | None:
+def format_score(payload: Mapping[str, Any]) -> str | None:
+    """The score as "p_value=1.2e-09" or "z=5.1", or None when the alert has none."""
     score = payload.get("score")
     if score is None:
         return None
@@ -174,7 +175,7 @@ def summary(note: Notification) -> str:
         figures.append(f"expected {_number(p['expected'])}")
     if p.get("threshold") is not None:
         figures.append(f"threshold {_number(p['threshold'])}")
-    score = _score(p)
+    score = format_score(p)
     if score:
         figures.append(score)
     return line + (f" ({', '.join(figures)})" if figures else "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.alert.notification import Notification, describe_entity, summary
+from worker.alert.notification import Notification, describe_entity, format_score, summary
 
 _EMOJI = {"critical": ":rotating_light:", "warning": ":warning:", "info": ":information_source:"}
 #: payload figures shown as message fields, in this order, with their labels
@@ -39,10 +39,13 @@ def message(note: Notification) -> dict[str, Any]:
     severity = str(p.get("severity") or "warning").lower()
     emoji = ":white_check_mark:" if note.event == "resolved" else _EMOJI.get(severity, ":bell:")
     headline = _escape(summary(note))
+    shown = {key: _render(p[key]) for key, _ in _FIELDS if p.get(key) is not None}
+    if "score" in shown:
+        shown["score"] = format_score(p) or shown["score"]
     fields = [
-        {"type": "mrkdwn", "text": f"*{label}*\n{_escape(_render(p[key]))}"}
+        {"type": "mrkdwn", "text": f"*{label}*\n{_escape(shown[key])}"}
         for key, label in _FIELDS
-        if p.get(key) is not None
+        if key in shown
     ]
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": f"{emoji} {headline}"}}
