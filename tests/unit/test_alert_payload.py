@@ -189,3 +189,63 @@ def test_sentry_keeps_global_entities_readable() -> None:
     assert event["fingerprint"] == ["sessionkeeper-alert", "global_spike", "global"]
     assert event["message"].startswith("WARNING: global_spike on global")
     assert event["level"] == "warning"
+
+
+def finding_payload() -> dict[str, object]:
+    """The shape the anomaly scan writes (a Finding's to_dict plus lifecycle figures)."""
+    return notification.normalize_payload(
+        {
+            "rule": "user_burst",
+            "entity": "42",
+            "window_seconds": 600,
+            "observed": 55.0,
+            "expected": 0.4123,
+            "baseline_method": "gamma_poisson(user history shrunk to population)",
+            "baseline_window_seconds": 604800,
+            "threshold": 10.0,
+            "score": 1.2e-9,
+            "score_kind": "p_value",
+            "severity": "critical",
+            "reason": "55 sessions in 10 min for user 42, expected 0.42 (p=1.2e-09)",
+            "details": {"distinct_ips": 3},
+            "first_seen": NOW,
+            "count": 2,
+            "suppressed": 1,
+        }
+    )
+
+
+def test_flat_finding_payloads_read_the_same() -> None:
+    payload = finding_payload()
+    note = Notification(delivery_id=5, alert_id=8, event="new", payload=payload)
+    assert notification.entity_kind_and_label(payload) == ("user", "42")
+    assert notification.summary(note) == (
+        "CRITICAL: user_burst on user 42: observed 55 in 10m "
+        "(expected 0.412, threshold 10, p_value=1.2e-09)"
+    )
+    assert notification.baseline_of(payload) == (
+        "gamma_poisson(user history shrunk to population) over 7d"
+    )
+    msg = slack.message(note)
+    texts = json.dumps(msg)
+    assert "for user 42, expected 0.42" in texts
+    assert "*Window*\\n10m" in texts
+    event = sentry.event_for(note)
+    assert "user 42" not in json.dumps(event)
+    assert '"42"' not in json.dumps(event)
+    reason = event["contexts"]["alert"]["reason"]
+    assert reason.startswith("55 sessions in 10 min for user user#")
+    assert reason.endswith(", expected 0.42 (p=1.2e-09)")
+
+
+@pytest.mark.parametrize(
+    ("rule", "entity", "expected"),
+    [
+        ("ip_spread", "10.0.0.9", ("ip", "10.0.0.9")),
+        ("ip_spread", "2001:db8::1", ("ip", "2001:db8::1")),
+        ("global_spike", "global", ("global", "")),
+        ("purge_lag", "global", ("global", "")),
+    ],
+)
+def test_rule_names_give_the_entity_kind(rule: str, entity: str, expected: object) -> None:
+    assert notification.entity_kind_and_label({"rule": rule, "entity": entity}) == expected

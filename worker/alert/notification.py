@@ -89,21 +89,32 @@ def _jsonable(value: Any, key: str) -> Any:
     raise ValueError(f"alert payload key {key!r} holds a {type(value).__name__}, not JSON data")
 
 
+#: rule-name prefixes that say what a bare entity string is ("user_burst" on "42")
+_RULE_ENTITY_KINDS = (("user", "user"), ("ip", "ip"), ("global", "global"))
+
+
 def entity_kind_and_label(payload: Mapping[str, Any]) -> tuple[str, str]:
-    """The alert's entity as (kind, label): ("user", "42"), ("ip", "10.0.0.1"), ("global", "")."""
+    """The alert's entity as (kind, label): ("user", "42"), ("ip", "10.0.0.1"), ("global", "").
+
+    Accepts {"kind", "id"} mappings, "kind:label" strings, or a bare label whose kind the
+    rule name gives (user_burst -> user, ip_spread -> ip, global_* -> global).
+    """
     entity = payload.get("entity")
     kind = str(payload.get("entity_kind") or "")
     if isinstance(entity, Mapping):
         kind = str(entity.get("kind") or kind)
         label = entity.get("id", entity.get("value", entity.get("label", "")))
         return kind or "entity", "" if label is None else str(label)
-    if entity is None or entity == "":
-        return kind or "global", ""
-    text = str(entity)
-    if not kind and ":" in text and not text.count(":") > 1:
+    text = "" if entity is None else str(entity)
+    if not kind:
+        rule = str(payload.get("rule") or "")
+        kind = next((k for prefix, k in _RULE_ENTITY_KINDS if rule.startswith(prefix)), "")
+    if text == "global" or (kind == "global" and not text):
+        return "global", ""
+    if not kind and text.count(":") == 1:
         # "user:42" style; more than one colon is an IPv6 address, not a prefix
         kind, _, text = text.partition(":")
-    return kind or "entity", text
+    return kind or ("global" if not text else "entity"), text
 
 
 def entity_ref(payload: Mapping[str, Any]) -> str:
@@ -126,6 +137,25 @@ def _window(value: Any) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return format_duration(timedelta(seconds=value))
     return str(value)
+
+
+def window_of(payload: Mapping[str, Any]) -> str | None:
+    """The alert's window as "10m", from `window` or `window_seconds`."""
+    value = payload.get("window", payload.get("window_seconds"))
+    return None if value is None else _window(value)
+
+
+def baseline_of(payload: Mapping[str, Any]) -> str | None:
+    """How the expectation was computed, e.g. "seasonal_median_mad over 7d"."""
+    baseline = payload.get("baseline")
+    if isinstance(baseline, Mapping):
+        method, window = baseline.get("method"), baseline.get("window")
+    else:
+        method = baseline if baseline is not None else payload.get("baseline_method")
+        window = payload.get("baseline_window", payload.get("baseline_window_seconds"))
+    if method is None:
+        return None
+    return f"{method} over {_window(window)}" if window is not None else str(method)
 
 
 def format_score(payload: Mapping[str, Any]) -> str | None:
@@ -168,8 +198,9 @@ def summary(note: Notification) -> str:
     line = f"{severity}{verb}: {rule} on {where}"
     if "observed" in p:
         line += f": observed {_number(p['observed'])}"
-        if p.get("window") is not None:
-            line += f" in {_window(p['window'])}"
+        window = window_of(p)
+        if window is not None:
+            line += f" in {window}"
     figures = []
     if p.get("expected") is not None:
         figures.append(f"expected {_number(p['expected'])}")

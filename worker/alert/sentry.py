@@ -9,6 +9,7 @@ not an event silently dropped by a background thread. The process-wide Sentry se
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -20,6 +21,7 @@ from sentry_sdk.transport import Transport
 
 from worker.alert import webhook
 from worker.alert.notification import (
+    PERSONAL_ENTITY_KINDS,
     Notification,
     entity_kind_and_label,
     entity_ref,
@@ -38,6 +40,9 @@ _CONTEXT_KEYS = (
     "observed",
     "expected",
     "baseline",
+    "baseline_method",
+    "baseline_window_seconds",
+    "window_seconds",
     "threshold",
     "score",
     "score_kind",
@@ -47,6 +52,7 @@ _CONTEXT_KEYS = (
     "last_seen",
     "distinct_users",
     "distinct_ips",
+    "reason",
 )
 _LEVELS = {"critical": "error", "warning": "warning", "info": "info"}
 #: event ids derive from the delivery id, so a retry after an unconfirmed send is deduplicated
@@ -75,8 +81,12 @@ def event_for(note: Notification) -> dict[str, Any]:
     severity = str(p.get("severity") or "warning").lower()
     kind, label = entity_kind_and_label(p)
     # the title must not carry a user id or IP: say which kind of entity, not which one
-    title = summary(note) if kind not in {"user", "ip"} or not label else _impersonal(note)
+    title = summary(note) if kind not in PERSONAL_ENTITY_KINDS or not label else _impersonal(note)
     context = {k: p[k] for k in _CONTEXT_KEYS if k in p}
+    if label and kind in PERSONAL_ENTITY_KINDS and isinstance(context.get("reason"), str):
+        # a detector's sentence might quote the user or IP; Sentry gets the hashed reference
+        whole = rf"(?<![\w.:]){re.escape(label)}(?![\w:]|\.\w)"
+        context["reason"] = re.sub(whole, entity_ref(p), context["reason"])
     context.update(event=note.event, alert_id=note.alert_id, entity=entity_ref(p))
     event: dict[str, Any] = {
         "message": title,

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.alert.notification import Notification, describe_entity, format_score, summary
+from worker.alert.notification import (
+    Notification,
+    baseline_of,
+    describe_entity,
+    format_score,
+    summary,
+    window_of,
+)
 
 _EMOJI = {"critical": ":rotating_light:", "warning": ":warning:", "info": ":information_source:"}
 #: payload figures shown as message fields, in this order, with their labels
@@ -42,6 +49,9 @@ def message(note: Notification) -> dict[str, Any]:
     shown = {key: _render(p[key]) for key, _ in _FIELDS if p.get(key) is not None}
     if "score" in shown:
         shown["score"] = format_score(p) or shown["score"]
+    window = window_of(p)
+    if window is not None:
+        shown["window"] = window
     fields = [
         {"type": "mrkdwn", "text": f"*{label}*\n{_escape(shown[key])}"}
         for key, label in _FIELDS
@@ -50,6 +60,10 @@ def message(note: Notification) -> dict[str, Any]:
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": f"{emoji} {headline}"}}
     ]
+    if p.get("reason"):
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": _escape(str(p["reason"]))}}
+        )
     if fields:
         # Slack allows at most 10 fields in a section
         blocks.append({"type": "section", "fields": fields[:10]})
@@ -57,9 +71,9 @@ def message(note: Notification) -> dict[str, Any]:
     context.append(f"entity {_escape(describe_entity(p))}")
     if note.alert_id is not None:
         context.append(f"alert #{note.alert_id}")
-    baseline = p.get("baseline")
+    baseline = baseline_of(p)
     if baseline:
-        context.append(f"baseline {_escape(_render(baseline))}")
+        context.append(f"baseline {_escape(baseline)}")
     blocks.append(
         {"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(context)}]}
     )
