@@ -172,6 +172,8 @@ alert_deliveries = sa.Table(
     sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("next_attempt_at", UtcDateTime(), nullable=False),
     sa.Column("last_error", sa.Text()),
+    #: HTTP status of the last attempt (None for the log sink or a network error)
+    sa.Column("last_status_code", sa.Integer()),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("sent_at", UtcDateTime()),
     sa.Index(None, "status", "next_attempt_at"),

@@ -234,9 +234,7 @@ class AlertSettings(_Section):
             if sink.name in RESERVED_SINK_NAMES:
                 raise ValueError(f"webhook name {sink.name!r} is reserved for the built-in sink")
             if sink.name in seen:
-                raise ValueError(
-                    f'two webhooks are named {sink.name!r}; give each a unique name = "..."'
-                )
+                raise ValueError(f'two webhooks are named {sink.name!r}; give each a unique name = "..."')
             seen.add(sink.name)
         return value
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from receiver import HANG, Answer, Receiver
 
+from tests.integration.receiver import HANG, Answer, Receiver
 from worker.alert import dispatch, webhook
 from worker.settings import Settings, load_settings
 

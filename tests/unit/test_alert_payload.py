@@ -92,8 +92,7 @@ def test_entity_forms(entity: object, expected: tuple[str, str]) -> None:
 def test_summary_explains_the_alert() -> None:
     note = Notification(delivery_id=1, alert_id=7, event="new", payload=burst())
     assert notification.summary(note) == (
-        "CRITICAL: user_burst on user 42: observed 55 in 10m "
-        "(expected 0.41, threshold 10, p_value=1.2e-09)"
+        "CRITICAL: user_burst on user 42: observed 55 in 10m (expected 0.41, threshold 10, p_value=1.2e-09)"
     )
     resolved = Notification(delivery_id=2, alert_id=7, event="resolved", payload=burst())
     assert notification.summary(resolved) == "RESOLVED: user_burst on user 42 is back to normal"
@@ -137,16 +136,12 @@ def test_test_payload_is_shaped_like_an_alert() -> None:
 
 
 def test_slack_message() -> None:
-    note = Notification(
-        delivery_id=1, alert_id=7, event="new", payload=burst(rule="a<b>&c", count=3)
-    )
+    note = Notification(delivery_id=1, alert_id=7, event="new", payload=burst(rule="a<b>&c", count=3))
     msg = slack.message(note)
     assert msg["text"].startswith(":rotating_light: CRITICAL: a&lt;b&gt;&amp;c on user 42")
     kinds = [b["type"] for b in msg["blocks"]]
     assert kinds == ["section", "section", "context"]
-    fields = {
-        f["text"].split("\n")[0]: f["text"].split("\n")[1] for f in msg["blocks"][1]["fields"]
-    }
+    fields = {f["text"].split("\n")[0]: f["text"].split("\n")[1] for f in msg["blocks"][1]["fields"]}
     assert fields["*Observed*"] == "55"
     assert fields["*Window*"] == "10m"
     assert fields["*Score*"] == "p_value=1.2e-09"
@@ -220,12 +215,9 @@ def test_flat_finding_payloads_read_the_same() -> None:
     note = Notification(delivery_id=5, alert_id=8, event="new", payload=payload)
     assert notification.entity_kind_and_label(payload) == ("user", "42")
     assert notification.summary(note) == (
-        "CRITICAL: user_burst on user 42: observed 55 in 10m "
-        "(expected 0.412, threshold 10, p_value=1.2e-09)"
+        "CRITICAL: user_burst on user 42: observed 55 in 10m (expected 0.412, threshold 10, p_value=1.2e-09)"
     )
-    assert notification.baseline_of(payload) == (
-        "gamma_poisson(user history shrunk to population) over 7d"
-    )
+    assert notification.baseline_of(payload) == ("gamma_poisson(user history shrunk to population) over 7d")
     msg = slack.message(note)
     texts = json.dumps(msg)
     assert "for user 42, expected 0.42" in texts

@@ -7,13 +7,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import structlog
-
 from worker.alert.notification import Notification, test_payload
 from worker.alert.sink import DeliveryFailed, Sink, build_sinks
+from worker.observability import get_logger
 from worker.settings import Settings
 
-log = structlog.get_logger("sessionkeeper.alert")
+log = get_logger("sessionkeeper.alert")
 
 
 def retry_delay(
@@ -62,9 +61,7 @@ async def _test_one(sink: Sink, note: Notification) -> dict[str, Any]:
 
 
 async def _send_test(settings: Settings, now: datetime) -> list[dict[str, Any]]:
-    note = Notification(
-        delivery_id=None, alert_id=None, event="test", payload=test_payload(now=now)
-    )
+    note = Notification(delivery_id=None, alert_id=None, event="test", payload=test_payload(now=now))
     sinks = build_sinks(settings)
     try:
         return list(await asyncio.gather(*(_test_one(s, note) for s in sinks.values())))

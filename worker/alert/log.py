@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
-
 from worker.alert.notification import Notification, describe_entity, summary
+from worker.observability import get_logger
 
 #: payload keys copied onto the log line as figures
 _FIGURES = (
@@ -22,7 +21,7 @@ _FIGURES = (
     "first_seen",
 )
 
-log = structlog.get_logger("sessionkeeper.alert")
+log = get_logger("sessionkeeper.alert")
 
 
 class LogSink:

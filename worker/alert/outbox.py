@@ -21,22 +21,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-import structlog
 
 from worker import db, models
 from worker.alert import dispatch
 from worker.alert.notification import EVENTS, Notification, normalize_payload
 from worker.alert.sink import DeliveryFailed, Sink, build_sinks, configured_sinks
+from worker.observability import get_logger
 from worker.settings import MAX_SINK_TIMEOUT_SECONDS, Settings, get_settings
 
 PENDING = "pending"
-DELIVERED = "delivered"
+SENT = "sent"
 #: gave up after alerts.max_attempts, or the sink was removed from the configuration
 FAILED = "failed"
 #: characters of a failure reason kept on the row
 _ERROR_CHARS = 500
 
-log = structlog.get_logger("sessionkeeper.alert")
+log = get_logger("sessionkeeper.alert")
 _T = TypeVar("_T")
 
 
@@ -64,7 +64,6 @@ def enqueue(
             "alert_id": alert_id,
             "event": event,
             "sink": spec.name,
-            "sink_kind": spec.kind,
             "payload": body,
             "status": PENDING,
             "attempts": 0,
@@ -129,7 +128,6 @@ class _Claimed:
     alert_id: int | None
     event: str
     sink: str
-    sink_kind: str
     payload: dict[str, Any]
     attempts: int
 
@@ -143,9 +141,7 @@ def lease_for(settings: Settings) -> timedelta:
     return settings.alerts.deliver_max_seconds + longest + timedelta(seconds=30)
 
 
-def deliver_pending(
-    engine: sa.Engine, settings: Settings, *, now: datetime | None = None
-) -> DeliveryReport:
+def deliver_pending(engine: sa.Engine, settings: Settings, *, now: datetime | None = None) -> DeliveryReport:
     """Send every due notification once, per sink, and record each outcome.
 
     `now` is the pass's clock for what is due and when retries fall (tests move it);
@@ -173,9 +169,7 @@ def _run(coro: Coroutine[Any, Any, _T]) -> _T:
         return pool.submit(asyncio.run, coro).result()
 
 
-def _claim(
-    engine: sa.Engine, *, now: datetime, lease_until: datetime, settings: Settings
-) -> list[_Claimed]:
+def _claim(engine: sa.Engine, *, now: datetime, lease_until: datetime, settings: Settings) -> list[_Claimed]:
     t = models.alert_deliveries
     due = sa.and_(t.c.status == PENDING, t.c.next_attempt_at <= now)
     # Per-sink FIFO: a row waits while an older one for the same sink is backing off (or is
@@ -198,19 +192,20 @@ def _claim(
         .order_by(t.c.next_attempt_at, t.c.id)
         .limit(settings.alerts.deliver_batch_size)
     )
-    if db.is_postgres(engine):
-        # concurrent passes take disjoint rows instead of queueing behind each other's locks
-        ids = ids.with_for_update(skip_locked=True)
     # `due` again on the outer statement: a row another pass claimed meanwhile is skipped
     claim = (
         sa.update(t)
         .where(t.c.id.in_(ids.scalar_subquery()), due)
         .values(next_attempt_at=lease_until)
-        .returning(
-            t.c.id, t.c.alert_id, t.c.event, t.c.sink, t.c.sink_kind, t.c.payload, t.c.attempts
-        )
+        .returning(t.c.id, t.c.alert_id, t.c.event, t.c.sink, t.c.payload, t.c.attempts)
     )
-    with db.translate_errors(), engine.begin() as conn:
+    with db.translate_errors(engine), engine.begin() as conn:
+        # Claims are serialised (a pass that finds another claiming takes nothing this time),
+        # so the FIFO check above sees every lease already taken: two passes never split one
+        # sink's queue between them. The lock is held only for this one statement.
+        if not db.try_advisory_xact_lock(conn, "alert_outbox"):
+            log.info("alert_outbox_busy")
+            return []
         claimed = [_Claimed(**row._mapping) for row in conn.execute(claim)]
     return sorted(claimed, key=lambda r: r.id)
 
@@ -232,16 +227,16 @@ async def _deliver(
     try:
         drains = []
         for name, sink_rows in by_sink.items():
-            sink_report = report.sinks.setdefault(name, SinkReport(name, sink_rows[0].sink_kind))
             sink = sinks.get(name)
+            sink_report = report.sinks.setdefault(
+                name, SinkReport(name, sink.kind if sink else "unconfigured")
+            )
             if sink is None:
                 _abandon(engine, sink_rows, now=now, reason=f"sink {name!r} is not configured")
                 sink_report.gave_up += len(sink_rows)
                 sink_report.last_error = "not configured"
                 continue
-            drains.append(
-                _drain(engine, settings, sink, sink_rows, now, sink_report, deadline=deadline)
-            )
+            drains.append(_drain(engine, settings, sink, sink_rows, now, sink_report, deadline=deadline))
         await asyncio.gather(*drains)
     finally:
         await asyncio.gather(*(s.aclose() for s in sinks.values()), return_exceptions=True)
@@ -312,22 +307,20 @@ async def _drain(
         return
 
 
-def _mark_delivered(
-    engine: sa.Engine, row: _Claimed, *, now: datetime, status_code: int | None
-) -> None:
+def _mark_delivered(engine: sa.Engine, row: _Claimed, *, now: datetime, status_code: int | None) -> None:
     t = models.alert_deliveries
     stmt = (
         sa.update(t)
         .where(t.c.id == row.id, t.c.status == PENDING)
         .values(
-            status=DELIVERED,
+            status=SENT,
             attempts=row.attempts + 1,
-            delivered_at=now,
+            sent_at=now,
             last_status_code=status_code,
             last_error=None,
         )
     )
-    with db.translate_errors(), engine.begin() as conn:
+    with db.translate_errors(engine), engine.begin() as conn:
         conn.execute(stmt)
 
 
@@ -345,7 +338,7 @@ def _mark_failed(
     if final:
         values["status"] = FAILED
     stmt = sa.update(t).where(t.c.id == row.id, t.c.status == PENDING).values(**values)
-    with db.translate_errors(), engine.begin() as conn:
+    with db.translate_errors(engine), engine.begin() as conn:
         conn.execute(stmt)
 
 
@@ -359,7 +352,7 @@ def _defer(engine: sa.Engine, rows: Sequence[_Claimed], *, until: datetime) -> N
         .where(t.c.id.in_([r.id for r in rows]), t.c.status == PENDING)
         .values(next_attempt_at=until)
     )
-    with db.translate_errors(), engine.begin() as conn:
+    with db.translate_errors(engine), engine.begin() as conn:
         conn.execute(stmt)
 
 
@@ -370,6 +363,6 @@ def _abandon(engine: sa.Engine, rows: Sequence[_Claimed], *, now: datetime, reas
         .where(t.c.id.in_([r.id for r in rows]), t.c.status == PENDING)
         .values(status=FAILED, last_error=reason, next_attempt_at=now)
     )
-    with db.translate_errors(), engine.begin() as conn:
+    with db.translate_errors(engine), engine.begin() as conn:
         conn.execute(stmt)
     log.error("alert_delivery_abandoned", sink=rows[0].sink, deliveries=len(rows), error=reason)

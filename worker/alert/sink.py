@@ -63,9 +63,7 @@ def configured_sinks(settings: Settings) -> list[SinkSpec]:
     specs = [SinkSpec("log", "log")]
     if settings.alerts.sentry and settings.sentry.dsn is not None:
         specs.append(SinkSpec("sentry", "sentry"))
-    specs.extend(
-        SinkSpec(hook.name, webhook_kind(hook.format)) for hook in settings.alerts.webhooks
-    )
+    specs.extend(SinkSpec(hook.name, webhook_kind(hook.format)) for hook in settings.alerts.webhooks)
     return specs
 
 

@@ -61,9 +61,7 @@ def message(note: Notification) -> dict[str, Any]:
         {"type": "section", "text": {"type": "mrkdwn", "text": f"{emoji} {headline}"}}
     ]
     if p.get("reason"):
-        blocks.append(
-            {"type": "section", "text": {"type": "mrkdwn", "text": _escape(str(p["reason"]))}}
-        )
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _escape(str(p["reason"]))}})
     if fields:
         # Slack allows at most 10 fields in a section
         blocks.append({"type": "section", "fields": fields[:10]})
@@ -74,7 +72,5 @@ def message(note: Notification) -> dict[str, Any]:
     baseline = baseline_of(p)
     if baseline:
         context.append(f"baseline {_escape(baseline)}")
-    blocks.append(
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(context)}]}
-    )
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(context)}]})
     return {"text": f"{emoji} {headline}", "blocks": blocks}

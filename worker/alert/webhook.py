@@ -82,9 +82,7 @@ def describe_exception(exc: BaseException, *, url: str) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-async def post(
-    client: httpx.AsyncClient, url: str, *, content: bytes, headers: dict[str, str]
-) -> int:
+async def post(client: httpx.AsyncClient, url: str, *, content: bytes, headers: dict[str, str]) -> int:
     """POST and return the status; raise DeliveryFailed for a network error or a non-2xx."""
     try:
         response = await client.post(url, content=content, headers=headers)
