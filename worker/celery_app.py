@@ -9,7 +9,14 @@ from celery import Celery
 from worker.errors import DatabaseUnavailable
 from worker.settings import get_settings
 
-TASK_MODULES = ["tasks.purge", "tasks.stats", "tasks.anomaly", "tasks.revoke", "tasks.retention"]
+TASK_MODULES = [
+    "tasks.purge",
+    "tasks.stats",
+    "tasks.anomaly",
+    "tasks.revoke",
+    "tasks.retention",
+    "tasks.alerts",
+]
 
 app = Celery("sessionkeeper")
 app.config_from_object("celeryconfig")
