@@ -19,6 +19,7 @@ _FIGURES = (
     "count",
     "suppressed",
     "first_seen",
+    "reason",
 )
 
 log = get_logger("sessionkeeper.alert")

@@ -9,6 +9,7 @@ not an event silently dropped by a background thread. The process-wide Sentry se
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import re
 import uuid
 from collections.abc import Mapping
@@ -113,6 +114,13 @@ def _impersonal(note: Notification) -> str:
     return summary(dataclasses.replace(note, payload=masked))
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("sessionkeeper")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 class SentrySink:
     """Sends notifications to the configured Sentry DSN as message events."""
 
@@ -125,9 +133,13 @@ class SentrySink:
             dsn=dsn,
             environment=environment,
             transport=_CollectingTransport,
+            # set explicitly: the default makes the SDK run `git rev-parse` on every pass
+            release=f"sessionkeeper@{_version()}",
             default_integrations=False,
             auto_enabling_integrations=False,
             max_breadcrumbs=0,
+            # no background threads for a client that lives for one delivery pass
+            enable_backpressure_handling=False,
         )
         transport = self._client.transport
         if not isinstance(transport, _CollectingTransport) or transport.parsed_dsn is None:
