@@ -356,3 +356,25 @@ def test_concurrent_passes_deliver_each_notification_once(
     assert sum(r.delivered for r in reports) == 40
     ids = [r.headers["x-sessionkeeper-delivery"] for r in receiver.received("/ops")]
     assert len(ids) == len(set(ids)) == 20
+
+
+def test_sentry_is_retried_like_any_sink_and_deduplicated_by_event_id(
+    sqlite_url: str, make_settings: SettingsFactory, receiver: Receiver
+) -> None:
+    path = "/api/7/envelope/"
+    receiver.script(path, Answer(status=429, headers=(("Retry-After", "45"),)))
+    settings = make_settings(sqlite_url, sentry={"dsn": receiver.url("/7").replace("http://", "http://pk@")})
+    engine = engine_of(settings)
+    enqueue(settings)
+    t0 = datetime.now(UTC)
+    first = outbox.deliver_pending(engine, settings, now=t0)
+    assert first.sinks["sentry"].retrying == 1
+    assert rows(settings, "sentry")[0]["next_attempt_at"] == t0 + timedelta(seconds=45)
+    second = outbox.deliver_pending(engine, settings, now=t0 + timedelta(seconds=45))
+    assert second.sinks["sentry"].delivered == 1
+    events = [json.loads(r.body.split(b"\n")[2]) for r in receiver.received(path)]
+    assert len(events) == 2
+    assert events[0]["event_id"] == events[1]["event_id"]
+    assert events[0]["tags"]["rule"] == "user_burst"
+    assert events[0]["release"].startswith("sessionkeeper@")
+    assert "42" not in json.dumps(events[0]["tags"]) + events[0]["message"]
