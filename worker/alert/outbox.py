@@ -186,12 +186,9 @@ def _claim(engine: sa.Engine, *, now: datetime, lease_until: datetime, settings:
         )
         .exists()
     )
-    ids = (
-        sa.select(t.c.id)
-        .where(due, ~blocked)
-        .order_by(t.c.next_attempt_at, t.c.id)
-        .limit(settings.alerts.deliver_batch_size)
-    )
+    # oldest first by id, not by due time: a full batch must not take a sink's later row
+    # without the earlier one that just became due again
+    ids = sa.select(t.c.id).where(due, ~blocked).order_by(t.c.id).limit(settings.alerts.deliver_batch_size)
     # `due` again on the outer statement: a row another pass claimed meanwhile is skipped
     claim = (
         sa.update(t)
