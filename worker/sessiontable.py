@@ -434,12 +434,12 @@ class SessionTable:
         return sa.and_(sa.true(), *parts)
 
 
-_opened: dict[tuple[int, str], SessionTable] = {}
+_opened: dict[tuple[str, str], SessionTable] = {}
 
 
 def open_table(conn: Connection, settings: Settings) -> SessionTable:
     """The mapping reflected against this engine's database, once per process and mapping."""
-    key = (id(conn.engine), settings.sessions.model_dump_json())
+    key = (conn.engine.url.render_as_string(hide_password=False), settings.sessions.model_dump_json())
     table = _opened.get(key)
     if table is None:
         table = load_mapping(settings).reflect(conn)
