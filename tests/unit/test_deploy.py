@@ -293,8 +293,12 @@ def test_dockerfile_small_non_root_and_copies_what_exists() -> None:
         *sources, _dest = line.split()
         for source in sources:
             assert (ROOT / source).exists(), f"Dockerfile copies {source}, which does not exist"
-    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    ignore = [line for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines() if line]
     assert "**" in ignore  # start from nothing; only what the image needs is let in
+    allowed = {line[1:].removesuffix("/**") for line in ignore if line.startswith("!")}
+    for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M):
+        *sources, _dest = line.split()
+        assert set(sources) <= allowed, f"the build context leaves out {set(sources) - allowed}"
 
 
 def test_compose_services() -> None:
@@ -409,3 +413,46 @@ def test_every_pod_runs_as_non_root_read_only() -> None:
             assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
             refs = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
             assert refs == {"sessionkeeper"}, name
+
+
+# --- the commands the kit runs exist ------------------------------------------------------
+
+
+def deploy_commands() -> set[tuple[str, ...]]:
+    """Every ``sessionkeeper ...`` invocation in compose, the manifests and the units."""
+    found: set[tuple[str, ...]] = set()
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    for service in compose["services"].values():
+        if "command" in service and "build" in service:
+            found.add(tuple(service["command"]))
+        test = service.get("healthcheck", {}).get("test", [])
+        if test[1:2] == ["sessionkeeper"]:
+            found.add(tuple(test[2:]))
+    for obj in k8s_objects().values():
+        if obj["kind"] not in {"Deployment", "Job"}:
+            continue
+        for container in obj["spec"]["template"]["spec"]["containers"]:
+            found.add(tuple(container["args"]))
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                command = container.get(probe, {}).get("exec", {}).get("command", [])
+                if command[:1] == ["sessionkeeper"]:
+                    found.add(tuple(command[1:]))
+    for unit in UNITS:
+        service = parse_unit(DEPLOY / "systemd" / f"{unit}.service")["Service"]
+        found.add(tuple(service["ExecStart"][0].split()[1:]))
+    return found
+
+
+def test_deploy_kit_runs_only_commands_the_cli_has() -> None:
+    from worker import cli
+
+    declared = {name for names in cli.COMMANDS.values() for name in names}
+    commands = deploy_commands()
+    assert {c[0] for c in commands} == {"migrate", "worker", "beat", "api", "health"}
+    assert {c[0] for c in commands} <= declared
+    # The probes' options exist on the real command.
+    health = cli.main.commands["health"]
+    options = {opt for param in health.params for opt in getattr(param, "opts", [])}
+    for command in commands:
+        if command[0] == "health":
+            assert set(command[1:]) <= options, command
