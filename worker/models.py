@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
+import sqlalchemy.dialects.postgresql  # loads the dialect the JSONB variant below names
 from sqlalchemy.engine import Dialect
 
 from worker.db import SCHEMA
