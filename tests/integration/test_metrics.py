@@ -53,7 +53,13 @@ def seed(engine: sa.engine.Engine) -> dict[str, Any]:
             )
 
         run("purge", "succeeded", yesterday, 1.0, deleted_by_reason={"expired": 500})
-        run("purge", "succeeded", today, 2.5, deleted_by_reason={"expired": 10, "idle": 2})
+        run(
+            "purge",
+            "succeeded",
+            today + timedelta(seconds=1),
+            2.5,
+            deleted_by_reason={"expired": 10, "idle": 2},
+        )
         run("purge", "failed", today + timedelta(seconds=10), 4.0, deleted_by_reason={"expired": 5})
         run("purge", "succeeded", today, 0.5, dry_run=True, deleted_by_reason={"expired": 1000})
         run("stats", "succeeded", today, 1.5)
@@ -127,7 +133,7 @@ def test_metrics_from_our_tables(any_url: str) -> None:
     # Jobs that never ran are there with zero: increase() never misses a first failure.
     assert value(page, "sessionkeeper_job_runs_total", job="revoke", outcome="failed") == 0
     assert value(page, "sessionkeeper_job_last_success_timestamp_seconds", job="purge") == pytest.approx(
-        (seeded["today"] + timedelta(seconds=2.5)).timestamp(), abs=1e-3
+        (seeded["today"] + timedelta(seconds=3.5)).timestamp(), abs=1e-3
     )
     assert ("sessionkeeper_job_last_success_timestamp_seconds", frozenset({("job", "scan")})) not in page
     # The newest finished purge run is the failed one; the running stats run is not finished.
