@@ -410,6 +410,20 @@ def test_kubernetes_migration_job_and_secret_example() -> None:
     job = objects[("Job", "sessionkeeper-migrate")]
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    # "Migrate first" applies only the objects labelled config or migrate: they must be enough.
+    first = {
+        key
+        for key, obj in objects.items()
+        if obj["metadata"].get("labels", {}).get("app.kubernetes.io/component") in {"config", "migrate"}
+    }
+    assert first == {
+        ("Namespace", "sessionkeeper"),
+        ("ConfigMap", "sessionkeeper"),
+        ("Job", "sessionkeeper-migrate"),
+    }
+    for ref in job["spec"]["template"]["spec"]["containers"][0]["envFrom"]:
+        if "configMapRef" in ref:
+            assert ("ConfigMap", ref["configMapRef"]["name"]) in first
     secret = objects[("Secret", "sessionkeeper")]
     assert {"SESSIONKEEPER_DATABASE__URL", "SESSIONKEEPER_BROKER__URL"} <= set(secret["stringData"])
 
