@@ -37,6 +37,7 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> It
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+    db.dispose_engines(close=True)
 
 
 def _admin_engine() -> Engine:

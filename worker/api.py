@@ -298,10 +298,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     if metrics is not None:
 
-        @app.get("/metrics", include_in_schema=True, summary="Prometheus metrics", response_class=Response)
+        @app.get(
+            "/metrics", summary="Prometheus metrics", response_class=Response, responses=error_responses(503)
+        )
         def get_metrics() -> Response:
-            body = metrics.render(engine)
-            return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+            body, content_type = metrics.render(engine)
+            return Response(body, media_type=content_type)
 
     return app
 

@@ -50,7 +50,9 @@ class Limits:
         finally:
             if self.observe is not None:
                 route = getattr(scope.get("route"), "path", "unmatched")
-                self.observe(scope["method"], route, status, time.perf_counter() - started)
+                self.observe(
+                    method=scope["method"], route=route, status=status, seconds=time.perf_counter() - started
+                )
 
     async def _read(self, scope: MutableMapping[str, Any], receive: Receive) -> bytes | None:
         # Bodies here are tiny JSON: buffer them whole, so a too-large one never reaches a handler.

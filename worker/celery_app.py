@@ -9,7 +9,14 @@ from celery import Celery
 from worker.errors import DatabaseUnavailable
 from worker.settings import get_settings
 
-TASK_MODULES = ["tasks.purge", "tasks.stats", "tasks.anomaly", "tasks.revoke", "tasks.retention"]
+TASK_MODULES = [
+    "tasks.purge",
+    "tasks.stats",
+    "tasks.anomaly",
+    "tasks.revoke",
+    "tasks.retention",
+    "tasks.alerts",
+]
 
 app = Celery("sessionkeeper")
 app.config_from_object("celeryconfig")
@@ -38,4 +45,6 @@ def _existing(modules: list[str]) -> list[str]:
 
 app.conf.include = _existing(TASK_MODULES)
 
-from worker import signals  # noqa: E402,F401  - connects the process start-up receivers
+from worker import signals  # noqa: E402  - connects the process start-up receivers
+
+app.steps["consumer"].add(signals.HeartbeatStep)

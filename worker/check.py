@@ -70,14 +70,12 @@ def _type_name(col: sa.ColumnElement[Any], conn: Connection) -> str:
 
 
 def _pg_table_facts(conn: Connection, table: SessionTable) -> tuple[bool, int | None]:
-    name = table.mapping.qualified_name
     row = conn.execute(
         sa.text("SELECT c.relkind, c.reltuples FROM pg_class c WHERE c.oid = to_regclass(:name)"),
         {"name": conn.dialect.identifier_preparer.format_table(table.table)},
     ).first()
     if row is None:
         return False, None
-    _ = name
     return row[0] == "p", (int(row[1]) if row[1] is not None and row[1] >= 0 else None)
 
 

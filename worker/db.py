@@ -95,9 +95,10 @@ def get_engine(settings: Settings, *, replica: bool = False) -> Engine:
 
 
 def dispose_engines(*, close: bool = False) -> None:
-    """Drop pooled connections (after fork, a child must never reuse its parent's sockets).
+    """Forget every engine's pooled connections.
 
-    ``close=True`` closes them too (tests, shutdown); after a fork they must only be forgotten.
+    After fork (``close=False``) a child must never reuse, nor close, its parent's sockets;
+    tests and shutdown pass ``close=True`` to really close them.
     """
     with _engines_lock:
         for engine in _engines.values():

@@ -12,13 +12,31 @@ _CRON_FIELD = re.compile(r"^[\d*/,\-]+$")
 DURATION_HELP = 'a number with a unit (ms, s, m, h, d, w), e.g. "90s", "30m", "12h", "30d", "1h30m"'
 
 
+#: nothing we schedule or keep needs longer; larger values are typos
+MAX_DURATION = timedelta(days=3650)
+
+
 def parse_duration(value: object) -> timedelta:
     """Turn "90s", "30m", "1h30m", a bare number of seconds or a timedelta into a timedelta."""
+    try:
+        result = _parse_duration(value)
+    except (OverflowError, ValueError) as exc:
+        if (isinstance(exc, ValueError) and "duration" in str(exc)) or "negative" in str(exc):
+            raise
+        raise ValueError(f"{value!r} is not a duration; use {DURATION_HELP}") from None
+    if result > MAX_DURATION:
+        raise ValueError(f"{value!r} is longer than {MAX_DURATION.days} days; use {DURATION_HELP}")
+    return result
+
+
+def _parse_duration(value: object) -> timedelta:
     if isinstance(value, timedelta):
         result = value
     elif isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration; use {DURATION_HELP}")
     elif isinstance(value, int | float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{value!r} is not a duration; use {DURATION_HELP}")
         result = timedelta(seconds=value)
     elif isinstance(value, str):
         text = value.strip().lower().replace(" ", "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
 from worker.db import SCHEMA
@@ -41,7 +42,7 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-JSONType = sa.JSON().with_variant(sa.dialects.postgresql.JSONB(), "postgresql")  # type: ignore[attr-defined]
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
 job_runs = sa.Table(
@@ -172,6 +173,8 @@ alert_deliveries = sa.Table(
     sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("next_attempt_at", UtcDateTime(), nullable=False),
     sa.Column("last_error", sa.Text()),
+    #: HTTP status of the last attempt (None for the log sink or a network error)
+    sa.Column("last_status_code", sa.Integer()),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("sent_at", UtcDateTime()),
     sa.Index(None, "status", "next_attempt_at"),

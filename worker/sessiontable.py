@@ -442,12 +442,16 @@ def _bigint(text: str) -> int:
     return value
 
 
-_opened: dict[tuple[int, str], SessionTable] = {}
+_opened: dict[tuple[str, str], SessionTable] = {}
+
+
+def _cache_key(engine: Engine, settings: Settings) -> tuple[str, str]:
+    return (engine.url.render_as_string(hide_password=False), settings.sessions.model_dump_json())
 
 
 def open_table(conn: Connection, settings: Settings) -> SessionTable:
     """The mapping reflected against this engine's database, once per process and mapping."""
-    key = (id(conn.engine), settings.sessions.model_dump_json())
+    key = _cache_key(conn.engine, settings)
     table = _opened.get(key)
     if table is None:
         table = load_mapping(settings).reflect(conn)
@@ -457,7 +461,7 @@ def open_table(conn: Connection, settings: Settings) -> SessionTable:
 
 def table_for(engine: Engine, settings: Settings) -> SessionTable:
     """``open_table`` without taking a connection once the mapping is reflected (hot paths: the API)."""
-    table = _opened.get((id(engine), settings.sessions.model_dump_json()))
+    table = _opened.get(_cache_key(engine, settings))
     if table is None:
         with engine.connect() as conn:
             table = open_table(conn, settings)

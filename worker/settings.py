@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -24,10 +25,11 @@ from pydantic import (
     PlainSerializer,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from worker.durations import format_duration, parse_duration, parse_schedule
 from worker.errors import ConfigurationError
@@ -171,24 +173,94 @@ class AnomalySettings(_Section):
         return value
 
 
+#: sink names taken by the built-in sinks
+RESERVED_SINK_NAMES = frozenset({"log", "sentry"})
+#: longest a single delivery attempt may take, in seconds (keeps a pass well inside a task)
+MAX_SINK_TIMEOUT_SECONDS = 60
+
+
 class WebhookSink(_Section):
-    name: str = "webhook"
+    #: identifies the sink in delivery rows, logs and `sessionkeeper alerts test`; unique
+    name: str = Field(default="webhook", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     url: SecretStr
     #: HMAC-SHA256 key for the X-Sessionkeeper-Signature header
     secret: SecretStr | None = None
+    #: one attempt (connect, send, response) is cut off after this long
     timeout: Duration = timedelta(seconds=5)
     #: "json" for our JSON body, "slack" for a Slack-compatible incoming webhook
     format: Literal["json", "slack"] = "json"
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: SecretStr) -> SecretStr:
+        if not re.match(r"^https?://[^/\s]+", value.get_secret_value(), re.IGNORECASE):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _bounded_timeout(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) < value <= timedelta(seconds=MAX_SINK_TIMEOUT_SECONDS):
+            raise ValueError(f"must be above 0s and at most {MAX_SINK_TIMEOUT_SECONDS}s")
+        return value
 
 
 class AlertSettings(_Section):
     webhooks: list[WebhookSink] = Field(default_factory=list)
     #: send alerts to Sentry when sentry.dsn is set
     sentry: bool = True
+    #: one attempt to hand an alert to Sentry is cut off after this long
+    sentry_timeout: Duration = timedelta(seconds=5)
     include_user_ids: bool = True
     include_ips: bool = True
     #: delivery attempts per sink before an alert notification is given up (stays recorded)
     max_attempts: int = Field(default=10, ge=1)
+    #: wait after the first failed attempt; doubles after each further failure
+    retry_base: Duration = timedelta(seconds=30)
+    #: the wait between attempts never exceeds this
+    retry_max: Duration = timedelta(hours=1)
+    #: notifications claimed by one delivery pass
+    deliver_batch_size: int = Field(default=200, ge=1, le=10_000)
+    #: a delivery pass starts no new attempt after this long (what is left waits for the next)
+    deliver_max_seconds: Duration = timedelta(seconds=30)
+    #: standalone delivery schedule (scans also deliver at their end)
+    deliver_schedule: Schedule = "1m"
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_names(cls, value: list[WebhookSink]) -> list[WebhookSink]:
+        seen: set[str] = set()
+        for sink in value:
+            if sink.name in RESERVED_SINK_NAMES:
+                raise ValueError(f"webhook name {sink.name!r} is reserved for the built-in sink")
+            if sink.name in seen:
+                raise ValueError(f'two webhooks are named {sink.name!r}; give each a unique name = "..."')
+            seen.add(sink.name)
+        return value
+
+    @field_validator("retry_base", "sentry_timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be above 0s")
+        if value > timedelta(hours=1):
+            raise ValueError("must be at most 1h")
+        return value
+
+    @field_validator("retry_max")
+    @classmethod
+    def _not_below_base(cls, value: timedelta, info: ValidationInfo) -> timedelta:
+        base = info.data.get("retry_base")
+        if base is not None and value < base:
+            raise ValueError(f"must be at least retry_base ({format_duration(base)})")
+        return value
+
+    @field_validator("deliver_max_seconds")
+    @classmethod
+    def _pass_budget(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(minutes=5):
+            raise ValueError("must be between 1s and 5m (a pass runs inside a task)")
+        return value
 
 
 class SentrySettings(_Section):
@@ -356,10 +428,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigurationError(
             f"configuration file {path} has unknown sections",
             problems=[
-                f"[{name}]: unknown section; known sections: {', '.join(SECTIONS)}" for name in unknown
+                f"[{_printable(name)}]: unknown section; known sections: {', '.join(SECTIONS)}"
+                for name in unknown
             ],
         )
     return data
+
+
+def _printable(text: object) -> str:
+    """User-supplied names in one line: control characters escaped, never a raw newline."""
+    raw = str(text)
+    return raw if raw.isprintable() else repr(raw)[1:-1]
 
 
 def env_name(loc: tuple[int | str, ...]) -> str:
@@ -372,17 +451,18 @@ def describe_errors(exc: ValidationError) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
-        key = ".".join(str(p) for p in loc) or "(settings)"
+        key = ".".join(_printable(p) for p in loc) or "(settings)"
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key"
         elif err["type"] == "literal_error":
             message = message.replace("Input should be", "must be one of")
-        secret = any(p in {"url", "secret", "dsn", "sha256"} for p in map(str, loc))
+        # a webhook list holds URLs that are secrets themselves (Slack embeds its token in the path)
+        secret = any(p in {"url", "secret", "dsn", "sha256", "webhooks"} for p in map(str, loc))
         got = "" if secret or err["type"] == "missing" else f" (got {err['input']!r})"
         if len(got) > 80:
             got = got[:77] + "...)"
-        lines.append(f"{key} [{env_name(loc)}]: {message}{got}")
+        lines.append(f"{key} [{_printable(env_name(loc))}]: {_printable(message)}{got}")
     return lines
 
 
@@ -395,8 +475,42 @@ def load_settings(config_path: str | Path | None = None) -> Settings:
         return Settings()
     except ValidationError as exc:
         raise ConfigurationError("invalid configuration", problems=describe_errors(exc)) from None
+    except SettingsError:
+        # pydantic-settings could not even decode an environment value (lists, tables).
+        raise ConfigurationError("invalid configuration", problems=_undecodable_env()) from None
     finally:
         _toml_data.reset(token)
+
+
+def _complex_env_names() -> dict[str, str]:
+    """Environment variables whose value must be JSON (lists and tables), with what they hold."""
+    names = {}
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        for name, sub in model.model_fields.items():
+            text = str(sub.annotation)
+            if text.startswith(("list", "dict")) or "UserIdJson" in text:
+                kind = "a JSON list" if text.startswith("list") else "a JSON object"
+                names[f"{ENV_PREFIX}{section.upper()}__{name.upper()}"] = kind
+    return names
+
+
+def _undecodable_env() -> list[str]:
+    problems = []
+    for env, kind in _complex_env_names().items():
+        raw = os.environ.get(env)
+        if raw is None:
+            continue
+        try:
+            json.loads(raw)
+        except ValueError:
+            key = env.removeprefix(ENV_PREFIX).lower().replace("__", ".")
+            problems.append(f"{key} [{env}]: must be {kind}, e.g. {'[]' if 'list' in kind else '{}'}")
+    return problems or [
+        "environment: a SESSIONKEEPER_* value could not be decoded (lists and tables are JSON)"
+    ]
 
 
 @functools.cache

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
 import structlog
-from celery import signals
+from celery import bootsteps, signals
 
 from worker import db
 from worker.observability import configure_logging, get_logger
 from worker.settings import get_settings
 
 log = get_logger("sessionkeeper.worker")
-_heartbeat_stop = threading.Event()
 HEARTBEAT_SECONDS = 10
 
 
@@ -63,22 +61,36 @@ def _touch(path: Path) -> None:
         log.warning("health_file_not_written", path=str(path), error=str(exc))
 
 
-def _heartbeat(path: Path) -> None:
-    while not _heartbeat_stop.wait(HEARTBEAT_SECONDS):
+class HeartbeatStep(bootsteps.StartStopStep):
+    """Touch the heartbeat file from the consumer's own timer: a hung event loop stops touching it,
+    so a liveness probe on the file's age catches a worker that is up but no longer consuming."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.timer_ref: Any = None
+
+    def start(self, parent: Any) -> None:
+        path = get_settings().worker.heartbeat_file
         _touch(path)
+        self.timer_ref = parent.timer.call_repeatedly(HEARTBEAT_SECONDS, _touch, (path,), priority=10)
+
+    def stop(self, parent: Any) -> None:
+        if self.timer_ref is not None:
+            self.timer_ref.cancel()
+            self.timer_ref = None
+
+    shutdown = stop
 
 
 @signals.worker_ready.connect
 def _ready(**_: Any) -> None:
     cfg = get_settings().worker
     _touch(cfg.ready_file)
-    _touch(cfg.heartbeat_file)
-    _heartbeat_stop.clear()
-    threading.Thread(target=_heartbeat, args=(cfg.heartbeat_file,), name="heartbeat", daemon=True).start()
     log.info("worker_ready", ready_file=str(cfg.ready_file))
 
 
 @signals.worker_shutdown.connect
 def _shutdown(**_: Any) -> None:
-    _heartbeat_stop.set()
     get_settings().worker.ready_file.unlink(missing_ok=True)

@@ -23,8 +23,10 @@ def worker_command(cli: Cli, concurrency: int, celery_args: tuple[str, ...]) -> 
     _ = cli.settings  # a configuration error exits 2 here, before Celery starts
     from worker.celery_app import app
 
-    app.worker_main(
+    quiet = ["--quiet"] if not sys.stdout.isatty() else []  # the ASCII banner is for people
+    app.start(
         [
+            *quiet,
             "worker",
             "--loglevel",
             cli.settings.logging.level,
@@ -32,6 +34,9 @@ def worker_command(cli: Cli, concurrency: int, celery_args: tuple[str, ...]) -> 
             "sessionkeeper",
             "--concurrency",
             str(concurrency),
+            # Mingle and gossip only slow start-up and add broker chatter; we use neither.
+            "--without-mingle",
+            "--without-gossip",
             *celery_args,
         ]
     )

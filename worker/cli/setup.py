@@ -110,18 +110,18 @@ def profiles_command(as_json: bool) -> None:
             ]
         )
         return
-    table = Table("profile", "framework", "table", "user", "expires", "created", "note")
+    table = Table("profile", "table", "user id", "expires", "created", box=None, pad_edge=False)
     for p in PROFILES.values():
         c = p.columns
+        json_user = c.get("user_id_json")
         user = c.get("user_id") or (
-            "json: " + "->".join([c["user_id_json"]["column"], *c["user_id_json"]["path"]])
-            if c.get("user_id_json")
-            else "-"
+            " -> ".join([json_user["column"], *json_user["path"]]) if json_user else "-"
         )
-        table.add_row(
-            p.name, p.framework, c["table"], user, c.get("expires_at", "-"), c.get("created_at", "-"), p.note
-        )
+        table.add_row(p.name, c["table"], user, c.get("expires_at", "-"), c.get("created_at", "-"))
     console.print(table)
+    console.print()
+    for p in PROFILES.values():
+        console.print(f"{p.name}: {p.framework}" + (f"; {p.note}" if p.note else ""), markup=False)
 
 
 @click.command()
@@ -145,8 +145,6 @@ def config_command(cli: Cli, as_json: bool) -> None:
     if as_json:
         emit_json(data)
         return
-    import tomllib  # noqa: F401 - documents that the output is TOML-shaped
-
     for section, values in data.items():
         console.print(f"[bold]\\[{section}][/]")
         if isinstance(values, dict):

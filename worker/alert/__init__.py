@@ -1,0 +1,1 @@
+"""Alert delivery: the outbox of notifications and the sinks (log, Sentry, webhook, Slack)."""
