@@ -11,8 +11,9 @@ import click
 
 from worker import db, demo, migrate, reference
 from worker.cli.base import console, emit_json, json_option
+from worker.observability import configure_logging
 from worker.sessiontable import utcnow
-from worker.settings import Settings
+from worker.settings import LoggingSettings, Settings
 
 #: each job adds itself here: (title, "module:function"), the function taking (engine, settings)
 #: and returning {"lines": [...], ...figures}
@@ -71,6 +72,8 @@ def demo_command(path: Path, users: int, as_json: bool) -> None:
     for stale in (path, Path(db.sqlite_state_path(db.normalize_url(f"sqlite:///{path}")))):
         stale.unlink(missing_ok=True)
     settings = demo_settings(path)
+    # Jobs log their canonical lines; unconfigured structlog would print them into the report.
+    configure_logging(LoggingSettings(level="WARNING"))
     engine = db.get_engine(settings)
     started = time.monotonic()
     migrate.upgrade(engine)
