@@ -8,7 +8,6 @@ from typing import Any
 
 import click
 
-from tasks import revoke
 from worker.cli.base import Cli, console, emit_json, json_option, pass_cli
 from worker.errors import JobFailed
 
@@ -48,6 +47,8 @@ def revoke_command(
     as_json: bool,
 ) -> None:
     """Sign USER_ID out of every session, or of all but --keep; exit 1 when the job fails."""
+    from tasks import revoke  # imports Celery's configuration: only once settings are known good
+
     settings, engine = cli.settings, cli.engine
     submitted = revoke.submit_job(
         engine, settings, user_id=user_id, keep_session_id=keep, reason=reason, source="cli"
@@ -65,7 +66,7 @@ def revoke_command(
         extra["note"] = "broker unreachable: the job is queued and the outbox sweep will publish it"
     job = revoke.get_job(engine, job_id)
     _show(job, as_json, **extra)
-    if job["status"] == "failed" or (wait and job["status"] not in revoke.TERMINAL):
+    if job["status"] == "failed" or (wait and job["status"] not in ("succeeded", "failed")):
         sys.exit(1)
 
 
@@ -75,4 +76,6 @@ def revoke_command(
 @pass_cli
 def job_command(cli: Cli, job_id: str, as_json: bool) -> None:
     """Show a revocation job: status, sessions revoked, times, error."""
+    from tasks import revoke
+
     _show(revoke.get_job(cli.engine, job_id), as_json)
