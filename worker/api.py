@@ -7,6 +7,7 @@ error is ``{"error": {"code", "message"}}`` with its status, produced in the han
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import hmac
 import importlib
@@ -156,6 +157,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Everything imported so far lives as long as the process: moved out of the collector's
+        # reach, a full collection no longer walks it (tens of ms of pause, a p99 of its own).
+        gc.collect()
+        gc.freeze()
         yield
         marks.close()  # record the last published marks before the process goes
 
