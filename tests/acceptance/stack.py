@@ -1,4 +1,4 @@
-"""Real processes for acceptance tests: Celery worker, beat, the API server, a private Redis."""
+"""Real processes for acceptance tests: Celery worker, beat and the API server, sharing one environment."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -17,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from tests.faults.services import free_port
 from tests.helpers import BIN
 
 REVOKE_TOKEN = "test-revoke-token-" + uuid.uuid4().hex
@@ -30,13 +30,6 @@ def tokens_env() -> str:
             {"name": "dash", "sha256": hashlib.sha256(READ_TOKEN.encode()).hexdigest(), "scope": "read"},
         ]
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_until(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -147,48 +140,6 @@ class Stack:
 
     def client(self, token: str = REVOKE_TOKEN) -> httpx.Client:
         return httpx.Client(base_url=self.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=15)
-
-
-class PrivateRedis:
-    """A redis-server of our own on a free port, to stop and start (never the shared one)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            cwd=self.workdir,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        import redis
-
-        wait_until(
-            lambda: redis.Redis(port=self.port, socket_connect_timeout=0.2).ping(), timeout=10, what="redis"
-        )
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
 
 
 @contextlib.contextmanager

@@ -14,8 +14,9 @@ import redis
 import sqlalchemy as sa
 
 from tasks import revoke
-from tests.acceptance.stack import READ_TOKEN, PrivateRedis, Stack, stack, wait_until
+from tests.acceptance.stack import READ_TOKEN, Stack, stack, wait_until
 from tests.conftest import REDIS_URL, RUN_ID, _admin_engine, _url_for
+from tests.faults.services import PrivateRedis
 from tests.revoke_helpers import all_ids, live_ids, seed_sessions
 from worker import db, models
 from worker.settings import Settings
@@ -212,8 +213,8 @@ def test_auth_over_http(shared: dict[str, Any]) -> None:
 def test_broker_down_when_the_request_arrives_then_up(pg_url: str, tmp_path: Path) -> None:
     engine = db.get_engine(Settings(database={"url": pg_url}))
     live = seed_sessions(engine, {"late": 3, "later": 2})
-    broker = PrivateRedis(tmp_path)  # not started: the broker is down
-    env = {"SESSIONKEEPER_DATABASE__URL": pg_url, "SESSIONKEEPER_BROKER__URL": broker.url, **QUIET_BEAT}
+    broker = PrivateRedis(tmp_path / "redis")  # not started: the broker is down
+    env = {"SESSIONKEEPER_DATABASE__URL": pg_url, "SESSIONKEEPER_BROKER__URL": broker.url(), **QUIET_BEAT}
     try:
         with stack(tmp_path, env) as s:
             s.start_api()
@@ -242,14 +243,16 @@ def test_broker_down_when_the_request_arrives_then_up(pg_url: str, tmp_path: Pat
 
 
 def test_worker_killed_mid_job_completes_after_restart(pg_url: str, tmp_path: Path) -> None:
-    broker = PrivateRedis(tmp_path)  # a queue of its own: the module's shared worker must not take it
+    broker = PrivateRedis(
+        tmp_path / "redis"
+    )  # a queue of its own: the module's shared worker must not take it
     broker.start()
-    settings = Settings(database={"url": pg_url}, broker={"url": broker.url})
+    settings = Settings(database={"url": pg_url}, broker={"url": broker.url()})
     engine = db.get_engine(settings)
     seed_sessions(engine, {"crash": 5})
     env = {
         "SESSIONKEEPER_DATABASE__URL": pg_url,
-        "SESSIONKEEPER_BROKER__URL": broker.url,
+        "SESSIONKEEPER_BROKER__URL": broker.url(),
         "SESSIONKEEPER_WORKER__SOFT_TIME_LIMIT": "3s",
         "SESSIONKEEPER_WORKER__TIME_LIMIT": "4s",
         "SESSIONKEEPER_PURGE__MAX_RUN_SECONDS": "1s",
