@@ -269,7 +269,7 @@ def percentiles_by_offset(
 # --- the rest -------------------------------------------------------------------------------
 
 
-def table_bytes(qualified: str) -> sa.Select[Any]:
+def table_bytes(qualified: str) -> sa.Select[int, int]:
     """Heap (with TOAST) and index bytes of the session table, summed over partitions if any.
 
     ``qualified`` is the table name as the dialect quotes it, passed as a parameter to to_regclass.
