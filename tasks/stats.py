@@ -69,6 +69,7 @@ def refresh_stats(
                 result = _compute(conn, plan)
         run.figures.update({k: result[k] for k in (*SNAPSHOT_FIGURES, "users_written", "users_removed")})
         run.figures["snapshot_id"] = result["id"]
+        run.figures.update({f"seconds_{k}": v for k, v in result["step_seconds"].items()})
         run.figures["unavailable"] = sorted(result["unavailable"]) or None
     return result
 
@@ -79,7 +80,8 @@ def _compute(conn: Connection, plan: q.Plan) -> dict[str, Any]:
         conn.execute(sa.select(sa.func.set_config("work_mem", plan.config.work_mem, True)))
     previous = conn.execute(q.previous_snapshot_time()).scalar()
     snap: dict[str, Any] = dict.fromkeys(SNAPSHOT_FIGURES)
-    g = dict(conn.execute(q.global_figures(plan, previous)).one()._mapping)
+    with plan.step("global"):
+        g = dict(conn.execute(q.global_figures(plan, previous)).one()._mapping)
     for key in ("total_rows", "active", "expired_pending", "null_expiry", "created_since_previous"):
         snap[key] = g.get(key)
     if "oldest_purgeable_expiry" in g:
@@ -87,7 +89,7 @@ def _compute(conn: Connection, plan: q.Plan) -> dict[str, Any]:
         purgeable_since = now - plan.policy.grace
         snap["purge_lag_seconds"] = (purgeable_since - oldest).total_seconds() if oldest else 0.0
     if st.c("last_activity_at") is not None:
-        _idle_figures(conn, plan, g, snap)
+        _idle_figures(conn, plan, snap)
     written, removed = _per_user(conn, plan, snap)
     if plan.postgres:
         quoted = conn.dialect.identifier_preparer.format_table(st.table)
@@ -109,19 +111,19 @@ def _compute(conn: Connection, plan: q.Plan) -> dict[str, Any]:
         "unavailable": dict(plan.unavailable),
         "users_written": written,
         "users_removed": removed,
+        "step_seconds": dict(plan.step_seconds),
     }
 
 
-def _idle_figures(conn: Connection, plan: q.Plan, g: dict[str, Any], snap: dict[str, Any]) -> None:
-    snap["idle_mean_seconds"] = g["idle_mean_seconds"]
-    if plan.postgres:
-        snap["idle_p95_seconds"] = g["idle_p95_seconds"]
-    else:
-        value, rows = q.idle_rows(plan)
-        count = conn.execute(sa.select(sa.func.count()).select_from(rows.subquery())).scalar_one()
-        ps = q.percentiles_by_offset(conn, value, rows, count, {"idle_p95_seconds": 0.95})
-        snap["idle_p95_seconds"] = ps["idle_p95_seconds"]
-    if snap["idle_mean_seconds"] is None:
+def _idle_figures(conn: Connection, plan: q.Plan, snap: dict[str, Any]) -> None:
+    summary, value, rows = q.idle_figures(plan)
+    with plan.step("idle"):
+        idle = dict(conn.execute(summary).one()._mapping)
+        if not plan.postgres:
+            ps = {"idle_p95_seconds": 0.95}
+            idle.update(q.percentiles_by_offset(conn, value, rows, idle["idle_count"], ps))
+    snap["idle_mean_seconds"], snap["idle_p95_seconds"] = idle["idle_mean_seconds"], idle["idle_p95_seconds"]
+    if not idle["idle_count"]:
         for figure in ("idle_mean_seconds", "idle_p95_seconds"):
             plan.missing(figure, "no active session has a last activity time")
 
@@ -137,10 +139,14 @@ def _per_user(conn: Connection, plan: q.Plan, snap: dict[str, Any]) -> tuple[int
     if not plan.postgres:  # a run that failed on this pooled connection may have left it behind
         conn.execute(sa.schema.DropTable(agg, if_exists=True))
     agg.create(conn)
-    conn.execute(q.fill_user_agg(plan, agg))
-    written = conn.execute(q.upsert_user_stats(plan, agg)).rowcount
-    removed = conn.execute(q.delete_vanished_users(agg)).rowcount
-    dist = dict(conn.execute(q.user_distribution(plan, agg)).one()._mapping)
+    with plan.step("aggregate"):
+        conn.execute(q.fill_user_agg(plan, agg))
+    with plan.step("upsert"):
+        written = conn.execute(q.upsert_user_stats(plan, agg)).rowcount
+    with plan.step("delete"):
+        removed = conn.execute(q.delete_vanished_users(agg)).rowcount
+    with plan.step("distribution"):
+        dist = dict(conn.execute(q.user_distribution(plan, agg)).one()._mapping)
     if not plan.postgres:
         value = agg.c.active_sessions.label("v")
         dist.update(

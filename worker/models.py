@@ -69,7 +69,7 @@ user_stats = sa.Table(
     metadata,
     sa.Column("user_id", sa.Text(), primary_key=True),
     sa.Column("active_sessions", sa.Integer(), nullable=False),
-    #: sessions created in the last 24 h still in the table, active or not (NULL: no created_at mapped)
+    #: active sessions created in the last 24 h (NULL: no created_at mapped)
     sa.Column("created_24h", sa.Integer()),
     sa.Column("distinct_ips", sa.Integer()),
     sa.Column("distinct_user_agents", sa.Integer()),

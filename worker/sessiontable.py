@@ -469,7 +469,8 @@ class SessionTable:
             return sa.literal(now_epoch, sa.Float) - sa.cast(col, sa.Float) / 1000.0
         if self.dialect == "postgresql":
             moment = sa.literal(now.astimezone(UTC), sa.DateTime(timezone=True))
-            return sa.cast(sa.extract("epoch", moment - self.utc_expr(key)), sa.Float)
+            # date_part gives float8; extract() gives numeric since PostgreSQL 14 (several times slower)
+            return sa.func.date_part("epoch", moment - self.utc_expr(key), type_=sa.Float)
         naive = now.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
         return (sa.func.julianday(sa.literal(naive, sa.Text)) - sa.func.julianday(col)) * 86400.0
 

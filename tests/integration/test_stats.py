@@ -77,7 +77,7 @@ def oracle(
         mine = [r for r in live if r.user == user]
         users[user] = {
             "active_sessions": len(mine),
-            "created_24h": sum(1 for r in rows if r.user == user and r.created >= now - D),
+            "created_24h": sum(1 for r in mine if r.created >= now - D),
             "distinct_ips": len({r.ip for r in mine if r.ip is not None}),
             "distinct_user_agents": len({r.ua for r in mine if r.ua is not None}),
             "oldest_created_at": min(r.created for r in mine),
