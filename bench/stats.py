@@ -1,6 +1,7 @@
 """Benchmark of the stats job against the bare per-user aggregate, on PostgreSQL.
 
     .venv/bin/python bench/stats.py [--sizes 1000000,5000000] [--users 200000]
+                                    [--work-mem 64MB]
                                     [--admin-url postgresql://postgres@127.0.0.1:5432/postgres]
 
 For each size it creates its own database (``stats_bench_<pid>_<size>``), fills the reference
@@ -98,7 +99,7 @@ def time_bare(url: str) -> tuple[float, float]:
     return fetched, server
 
 
-def child(url: str, distinct: bool) -> None:
+def child(url: str, distinct: bool, work_mem: str) -> None:
     """Run inside a fresh process: full run, unchanged run; print timings and peak RSS."""
     from tasks import stats
     from worker.settings import Settings
@@ -106,7 +107,7 @@ def child(url: str, distinct: bool) -> None:
     settings = Settings(
         database={"url": url},
         policy={"idle_timeout": "30d"},
-        stats={"distinct_counts": distinct},
+        stats={"distinct_counts": distinct, "work_mem": work_mem},
         logging={"level": "WARNING"},
     )
     engine = db.get_engine(settings)
@@ -126,9 +127,18 @@ def child(url: str, distinct: bool) -> None:
     print(json.dumps(out))
 
 
-def run_child(url: str, distinct: bool) -> dict[str, Any]:
+def run_child(url: str, distinct: bool, work_mem: str) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", url, "--distinct", "1" if distinct else "0"],
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            url,
+            "--distinct",
+            "1" if distinct else "0",
+            "--work-mem",
+            work_mem,
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -141,7 +151,7 @@ def run_child(url: str, distinct: bool) -> dict[str, Any]:
     return result
 
 
-def bench_size(admin_url: str, size: int, users: int) -> dict[str, Any]:
+def bench_size(admin_url: str, size: int, users: int, work_mem: str) -> dict[str, Any]:
     name = f"stats_bench_{os.getpid()}_{size}"
     url = db.normalize_url(admin_url).set(database=name).render_as_string(hide_password=False)
     admin = admin_engine(admin_url)
@@ -155,11 +165,11 @@ def bench_size(admin_url: str, size: int, users: int) -> dict[str, Any]:
             for sample in (time_bare(url),):
                 bare.append(sample[0])
                 bare_server.append(sample[1])
-            runs.append(run_child(url, True))
+            runs.append(run_child(url, True, work_mem))
             sample = time_bare(url)
             bare.append(sample[0])
             bare_server.append(sample[1])
-            flat.append(run_child(url, False))
+            flat.append(run_child(url, False, work_mem))
         b, bs = statistics.median(bare), statistics.median(bare_server)
 
         def med(results: list[dict[str, Any]], key: str) -> float:
@@ -191,14 +201,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000000,5000000")
     parser.add_argument("--users", type=int, default=200_000)
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--work-mem", default="64MB", help="stats.work_mem for the stats runs")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--distinct", default="1", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.distinct == "1")
+        child(args.child, args.distinct == "1", args.work_mem)
         return
     for size in (int(s) for s in args.sizes.split(",")):
-        r = bench_size(args.admin_url, size, args.users)
+        r = bench_size(args.admin_url, size, args.users, args.work_mem)
         print(json.dumps(r))
         b, bs = r["bare_s"], r["bare_server_s"]
         print(

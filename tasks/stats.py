@@ -98,7 +98,6 @@ def _compute(conn: Connection, plan: q.Plan) -> dict[str, Any]:
     else:
         for figure in ("table_bytes", "index_bytes"):
             plan.missing(figure, "table and index sizes are measured on PostgreSQL only")
-    snap = {k: (float(v) if isinstance(v, float | int) and "seconds" in k else v) for k, v in snap.items()}
     snapshot_id = conn.execute(
         sa.insert(models.stats_snapshots)
         .values(taken_at=now, unavailable=plan.unavailable, **snap)

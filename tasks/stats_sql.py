@@ -1,10 +1,10 @@
 """Every statement of the stats job, side by side, built from the session-table mapping.
 
-Per run: one scan of the session table for the global figures, one scan grouped by user into a
-transaction-scoped temporary table, then three small statements against that table: an upsert
-that writes only the users whose figures changed, a delete of users that vanished, and the
-distribution of sessions per user. The session table is read twice; everything else reads the
-temporary table (about one row per active user). Nothing is fetched into Python but single rows.
+Per run the session table is read three times: one (parallel) scan for the global counts, one
+for the idle-time figures, one grouped by user into a transaction-scoped temporary table. Three
+small statements then work on that table alone (about one row per active user): an upsert that
+writes only the users whose figures changed, a delete of the users that vanished, and the
+distribution of sessions per user. Nothing is fetched into Python but single rows.
 """
 
 from __future__ import annotations

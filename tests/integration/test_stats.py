@@ -448,3 +448,30 @@ def test_demo_shows_statistics(tmp_path: Any) -> None:
     report = cli_json("demo", "--users", "60", "--database", str(tmp_path / "demo.db"))
     step = report["steps"]["Statistics"]
     assert step["snapshot"]["users_active"] > 0 and len(step["lines"]) >= 3
+
+
+def test_user_id_inside_json_connect_pg_simple(pg_url: str, make_settings: SettingsFactory) -> None:
+    from tests.integration.framework_ddl import DDL
+
+    settings = make_settings(pg_url, sessions={"profile": "connect-pg-simple"})
+    engine = db.get_engine(settings)
+    naive = NOW.replace(tzinfo=None)
+    with engine.begin() as conn:
+        for statement in DDL["connect-pg-simple"]:
+            conn.execute(sa.text(statement))
+        conn.execute(
+            sa.text("INSERT INTO session (sid, sess, expire) VALUES (:sid, CAST(:sess AS json), :expire)"),
+            [
+                {"sid": "a", "sess": '{"passport": {"user": "7"}}', "expire": naive + H},
+                {"sid": "b", "sess": '{"passport": {"user": 7}}', "expire": naive + D},
+                {"sid": "c", "sess": '{"cookie": {}}', "expire": naive + D},  # not signed in
+                {"sid": "d", "sess": '{"passport": {"user": "8"}}', "expire": naive - H},
+            ],
+        )
+    got = stats.refresh_stats(engine, settings, now=NOW)
+    assert got is not None
+    assert (got["total_rows"], got["active"], got["expired_pending"], got["users_active"]) == (4, 3, 1, 1)
+    assert got["purge_lag_seconds"] == pytest.approx(3600, abs=0.01)
+    assert stats.user_stats(engine, "7")["active_sessions"] == 2
+    assert stats.user_stats(engine, "7")["created_24h"] is None
+    assert "created_at" in got["unavailable"]["user.created_24h"]
