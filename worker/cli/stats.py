@@ -8,7 +8,6 @@ from typing import Any
 import click
 from rich.table import Table
 
-from tasks import stats
 from worker.cli.base import Cli, console, emit_json, json_option, pass_cli
 from worker.durations import format_duration
 from worker.errors import NotFound
@@ -117,6 +116,10 @@ def stats_command(
     """
     if sum((user_id is not None, top is not None, history)) > 1:
         raise click.UsageError("choose one of --user, --top and --history")
+    # Imported here: defining the Celery task reads the settings, whose errors the group
+    # reports cleanly only once a command runs (and other commands need not pay for Celery).
+    from tasks import stats
+
     engine = cli.engine
     out: dict[str, Any] = {}
     if refresh:
