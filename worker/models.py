@@ -69,7 +69,8 @@ user_stats = sa.Table(
     metadata,
     sa.Column("user_id", sa.Text(), primary_key=True),
     sa.Column("active_sessions", sa.Integer(), nullable=False),
-    sa.Column("created_24h", sa.Integer(), nullable=False),
+    #: active sessions created in the last 24 h (NULL: no created_at mapped)
+    sa.Column("created_24h", sa.Integer()),
     sa.Column("distinct_ips", sa.Integer()),
     sa.Column("distinct_user_agents", sa.Integer()),
     sa.Column("oldest_created_at", UtcDateTime()),
@@ -88,8 +89,9 @@ stats_snapshots = sa.Table(
     sa.Column("taken_at", UtcDateTime(), nullable=False, index=True),
     sa.Column("total_rows", sa.BigInteger(), nullable=False),
     sa.Column("active", sa.BigInteger(), nullable=False),
-    sa.Column("expired_pending", sa.BigInteger(), nullable=False),
-    sa.Column("null_expiry", sa.BigInteger(), nullable=False),
+    #: rows the purge would delete now (any purge reason); NULL when no purge rule applies
+    sa.Column("expired_pending", sa.BigInteger()),
+    sa.Column("null_expiry", sa.BigInteger()),
     sa.Column("users_active", sa.BigInteger()),
     sa.Column("per_user_p50", sa.Float()),
     sa.Column("per_user_p95", sa.Float()),

@@ -433,6 +433,47 @@ class SessionTable:
             parts.append(sa.or_(self.c("revoked").is_(None), sa.not_(self.revoked_clause())))  # type: ignore[union-attr]
         return sa.and_(sa.true(), *parts)
 
+    # --- time values inside SQL ---------------------------------------------------------------
+
+    def utc_expr(self, key: str, value: sa.ColumnElement[Any] | None = None) -> sa.ColumnElement[Any]:
+        """``value`` (default: the column) of the column's kind, as our own tables store time.
+
+        timestamptz on PostgreSQL, naive UTC text on SQLite (what ``models.UtcDateTime`` holds), so
+        ``INSERT ... SELECT`` into our tables needs no Python round trip. Apply it after ``min``/``max``:
+        every conversion is monotonic, and converting one value per group is cheaper than per row.
+        """
+        expr = self.need(key) if value is None else value
+        kind = self.mapping.time_kinds[key]
+        if self.dialect == "postgresql":
+            if kind == "epoch_seconds":
+                return sa.func.to_timestamp(sa.cast(expr, sa.Float))
+            if kind == "epoch_millis":
+                return sa.func.to_timestamp(sa.cast(expr, sa.Float) / 1000.0)
+            if kind == "timestamp":
+                return sa.func.timezone("UTC", expr)
+            return expr
+        if kind == "epoch_seconds":
+            return sa.func.strftime("%Y-%m-%d %H:%M:%f", expr, "unixepoch")
+        if kind == "epoch_millis":
+            return sa.func.strftime("%Y-%m-%d %H:%M:%f", sa.cast(expr, sa.Float) / 1000.0, "unixepoch")
+        return expr
+
+    def age_seconds(self, key: str, now: datetime) -> sa.ColumnElement[float]:
+        """Seconds from the column's time to ``now``, per row, as a float (epoch kinds stay integer math)."""
+        col = self.need(key)
+        kind = self.mapping.time_kinds[key]
+        now_epoch = now.astimezone(UTC).timestamp()
+        if kind == "epoch_seconds":
+            return sa.literal(now_epoch, sa.Float) - sa.cast(col, sa.Float)
+        if kind == "epoch_millis":
+            return sa.literal(now_epoch, sa.Float) - sa.cast(col, sa.Float) / 1000.0
+        if self.dialect == "postgresql":
+            moment = sa.literal(now.astimezone(UTC), sa.DateTime(timezone=True))
+            # date_part gives float8; extract() gives numeric since PostgreSQL 14 (several times slower)
+            return sa.func.date_part("epoch", moment - self.utc_expr(key), type_=sa.Float)
+        naive = now.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
+        return (sa.func.julianday(sa.literal(naive, sa.Text)) - sa.func.julianday(col)) * 86400.0
+
 
 def _bigint(text: str) -> int:
     # Past 64 bits the database raises a data error instead of finding nothing: refuse it here.

@@ -138,6 +138,17 @@ class PurgeSettings(_Section):
 
 class StatsSettings(_Section):
     schedule: Schedule = "15m"
+    #: count distinct IPs and user agents per user (needs a sort of the active rows: the costliest part)
+    distinct_counts: bool = True
+    #: PostgreSQL work_mem for the stats transaction only (SET LOCAL), so its sorts stay in memory
+    work_mem: str | None = "64MB"
+
+    @field_validator("work_mem")
+    @classmethod
+    def _memory_size(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[1-9][0-9]{0,6}(kB|MB|GB)", value):
+            raise ValueError(f"{value[:20]!r} is not a PostgreSQL memory size such as 64MB, 512kB or 1GB")
+        return value
 
 
 class AnomalySettings(_Section):
