@@ -15,6 +15,7 @@ import importlib.util
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
@@ -25,7 +26,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tasks import revoke
-from worker import db, models
+from tasks import stats as stats_job
+from worker import db
+from worker.alert import store as alert_store
 from worker.api_middleware import Limits, error_response
 from worker.api_models import (
     Alert,
@@ -246,8 +249,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary="The user's figures from the last stats run",
     )
     def get_user_stats(user_id: UserId) -> dict[str, Any]:
-        t = models.user_stats
-        row = _first(engine, sa.select(t).where(t.c.user_id == user_id))
+        row = stats_job.user_stats(engine, user_id)
         if row is None:
             raise NotFound(f"no statistics for user {user_id[:64]!r} (none yet, or no active session)")
         return row
@@ -256,8 +258,7 @@ def create_app(settings: Settings) -> FastAPI:
         "/v1/stats", dependencies=reader, response_model=Stats, responses=error_responses(401, 403, 404, 503)
     )
     def get_stats() -> dict[str, Any]:
-        t = models.stats_snapshots
-        row = _first(engine, sa.select(t).order_by(t.c.taken_at.desc(), t.c.id.desc()).limit(1))
+        row = stats_job.latest_snapshot(engine)
         if row is None:
             raise NotFound("no statistics yet: the stats job has not run (sessionkeeper stats)")
         row.pop("id", None)
@@ -268,18 +269,16 @@ def create_app(settings: Settings) -> FastAPI:
         dependencies=reader,
         response_model=list[Alert],  # type: ignore[valid-type]
         responses=error_responses(401, 403, 503),
-        summary="Alerts from the anomaly scans, newest first",
+        summary="Alerts from the anomaly scans, most recently seen first, with delivery counts",
     )
     def get_alerts(
-        state: Annotated[Literal["open", "resolved", "all"], Query()] = "open",
+        state: Annotated[Literal["open", "all"], Query()] = "open",
+        since: Annotated[datetime | None, Query(description="Only alerts seen since (ISO 8601).")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[dict[str, Any]]:
-        t = models.alerts
-        query = sa.select(t).order_by(t.c.last_seen.desc(), t.c.id.desc()).limit(limit)
-        if state != "all":
-            query = query.where(t.c.state == state)
-        with db.translate_errors(engine), engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(query)]
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)  # a bare time is UTC, like every time we store
+        return alert_store.list_alerts(engine, open_only=state == "open", since=since, limit=limit)
 
     @app.get("/healthz", response_model=Health, summary="The process is alive")
     def healthz() -> dict[str, Any]:
@@ -368,12 +367,6 @@ def _handlers(app: FastAPI) -> None:
 
 
 # --- reads --------------------------------------------------------------------------------------
-
-
-def _first(engine: sa.Engine, query: sa.Select[Any]) -> dict[str, Any] | None:
-    with db.translate_errors(engine), engine.connect() as conn:
-        row = conn.execute(query).first()
-    return dict(row._mapping) if row is not None else None
 
 
 def _active_sessions(

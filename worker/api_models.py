@@ -75,7 +75,7 @@ class NotReady(ErrorBody):
     checks: dict[str, str]
 
 
-def _row_model(name: str, table: sa.Table, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
+def _row_model(name: str, table: sa.Table, exclude: tuple[str, ...] = (), **extra: Any) -> type[BaseModel]:
     # Built from our table so the schema follows the stats and anomaly jobs' columns.
     fields: dict[str, Any] = {}
     for col in table.columns:
@@ -86,13 +86,13 @@ def _row_model(name: str, table: sa.Table, exclude: tuple[str, ...] = ()) -> typ
         except NotImplementedError:
             py = Any
         fields[col.name] = (py | None, None)
-    model: type[BaseModel] = create_model(name, **fields)
+    model: type[BaseModel] = create_model(name, **fields, **extra)
     return model
 
 
 UserStats = _row_model("UserStats", models.user_stats)
 Stats = _row_model("Stats", models.stats_snapshots, exclude=("id",))
-Alert = _row_model("Alert", models.alerts)
+Alert = _row_model("Alert", models.alerts, deliveries=(dict[str, int], Field(description="by status")))
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

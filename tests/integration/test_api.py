@@ -129,40 +129,37 @@ def test_chunked_body_over_the_limit_is_refused(api) -> None:  # type: ignore[no
     assert r.status_code == 413
 
 
-def test_sessions_stats_and_alerts_reads(api) -> None:  # type: ignore[no-untyped-def]
+def test_sessions_stats_and_alerts_reads(api, make_settings, pg_url) -> None:  # type: ignore[no-untyped-def]
+    from tasks.stats import refresh_stats
+
     client, engine, live = api
     sessions = client.get("/v1/users/alice/sessions", headers=auth(READ)).json()
     assert [s["id"] for s in sessions] == live["alice"]  # newest activity first, expired one left out
     assert "token_hash" not in sessions[0]
+    refresh_stats(engine, make_settings(pg_url))  # what the stats job stores is what the API serves
+    stats = client.get("/v1/stats", headers=auth(READ)).json()
+    assert stats["active"] == 3 and stats["expired_pending"] == 1
+    assert client.get("/v1/users/alice/stats", headers=auth(READ)).json()["active_sessions"] == 3
     now = utcnow()
     with engine.begin() as conn:
-        conn.execute(
-            sa.insert(models.stats_snapshots).values(
-                taken_at=now, total_rows=4, active=3, expired_pending=1, null_expiry=0
-            )
-        )
-        conn.execute(
-            sa.insert(models.user_stats).values(
-                user_id="alice", active_sessions=3, created_24h=3, updated_at=now
-            )
-        )
         conn.execute(
             sa.insert(models.alerts).values(
                 fingerprint="f1",
                 rule="user_burst",
                 entity="alice",
                 severity="warning",
-                state="open",
+                state="resolved",
                 first_seen=now - timedelta(minutes=5),
                 last_seen=now,
                 details={"observed": 40},
             )
         )
-    assert client.get("/v1/stats", headers=auth(READ)).json()["active"] == 3
-    assert client.get("/v1/users/alice/stats", headers=auth(READ)).json()["active_sessions"] == 3
-    alerts = client.get("/v1/alerts", headers=auth(READ)).json()
+    assert client.get("/v1/alerts", headers=auth(READ)).json() == []  # open ones by default
+    alerts = client.get("/v1/alerts?state=all", headers=auth(READ)).json()
     assert [a["rule"] for a in alerts] == ["user_burst"] and alerts[0]["details"] == {"observed": 40}
-    assert client.get("/v1/alerts?state=resolved", headers=auth(READ)).json() == []
+    assert alerts[0]["deliveries"] == {"sent": 0, "pending": 0, "failed": 0}
+    later = (now + timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
+    assert client.get(f"/v1/alerts?state=all&since={later}", headers=auth(READ)).json() == []
 
 
 def test_session_ids_as_fingerprints(make_settings, pg_url, redis_url) -> None:  # type: ignore[no-untyped-def]
