@@ -67,3 +67,32 @@ def test_trims_old_rows_only(any_url: str, make_settings) -> None:  # type: igno
         runs = conn.execute(sa.select(models.job_runs.c.outcome, models.job_runs.c.job)).all()
     assert ("running", "purge") in runs
     assert ("succeeded", "retention") in runs
+
+
+def test_a_run_left_running_by_a_dead_process_is_closed_as_failed(any_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(any_url)
+    engine = db.get_engine(settings)
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(models.job_runs),
+            [
+                {"job": "retention", "started_at": now - timedelta(hours=2), "outcome": "running"},
+                {
+                    "job": "retention",
+                    "started_at": now - timedelta(minutes=1),
+                    "outcome": "running",
+                },  # may be alive
+                {"job": "purge", "started_at": now - timedelta(hours=2), "outcome": "running"},  # another job
+            ],
+        )
+    trim_history(engine, settings, trigger="test")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(models.job_runs.c.job, models.job_runs.c.outcome, models.job_runs.c.error).order_by(
+                models.job_runs.c.id
+            )
+        ).all()
+    assert rows[0].outcome == "failed" and "interrupted" in rows[0].error
+    assert rows[1].outcome == "running"
+    assert rows[2].outcome == "running"
