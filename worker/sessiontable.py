@@ -420,6 +420,37 @@ class SessionTable:
             reasons["revoked"] = self.revoked_clause(now - policy.grace)
         return reasons
 
+    def cap_victims(self, now: datetime, policy: PolicySettings) -> sa.Select[Any] | None:
+        """Ids of each user's active sessions beyond ``policy.max_sessions_per_user``, or None.
+
+        Only active sessions count towards the cap (expired rows within grace are not live). The
+        most recently active are kept: last_activity_at, else created_at, else expires_at (NULLs
+        count as least recent), ties broken by id; everything ranked past the cap is a victim.
+        """
+        cap = policy.max_sessions_per_user
+        user = self.user_expr
+        if cap is None or user is None:
+            return None
+        order: list[Any] = [
+            col.desc().nulls_last()
+            for col in (self.c(k) for k in ("last_activity_at", "created_at", "expires_at"))
+            if col is not None
+        ]
+        order.append(self.id_col.desc())
+        active = self.active_clause(now, policy)
+        crowded = (
+            sa.select(user).where(active, user.is_not(None)).group_by(user).having(sa.func.count() > cap)
+        )
+        ranked = (
+            sa.select(
+                self.id_col.label("victim_id"),
+                sa.func.row_number().over(partition_by=user, order_by=order).label("recency_rank"),
+            )
+            .where(active, user.in_(crowded))
+            .subquery("ranked")
+        )
+        return sa.select(ranked.c.victim_id).where(ranked.c.recency_rank > cap)
+
     def active_clause(self, now: datetime, policy: PolicySettings) -> sa.ColumnElement[bool]:
         """Not expired (NULL expiry counts as live), not idle, not past absolute, not revoked."""
         parts: list[sa.ColumnElement[bool]] = []

@@ -134,6 +134,9 @@ class PurgeSettings(_Section):
     statement_timeout: Duration = timedelta(seconds=30)
     #: whole expired partitions: "drop" them, or only "detach" them
     partitions: Literal["drop", "detach"] = "drop"
+    #: PostgreSQL batch order: "walk" the heap in block ranges (backlogs), follow each reason's
+    #: "index" (a trickle), or "auto" (walk when the backlog is large or a reason has no index)
+    strategy: Literal["auto", "walk", "index"] = "auto"
 
 
 class StatsSettings(_Section):
