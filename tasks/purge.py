@@ -335,6 +335,8 @@ def _measure_left(
     settings: Settings,
 ) -> None:
     """Rows that would still go now per reason, and the purge lag (oldest purgeable expiry)."""
+    if conn.in_transaction():
+        conn.commit()
     with conn.begin():
         if db.is_postgres(conn):
             timeout = f"{int(settings.purge.statement_timeout.total_seconds() * 1000)}ms"
