@@ -144,7 +144,9 @@ def test_run_bounds_leave_the_rest_and_report_the_lag(any_url: str, make_setting
     assert [r["figures"].get("stopped") for r in _runs(engine)] == ["max_rows", "max_seconds", None]
 
 
-def _custom_table(engine: sa.Engine, ddl_pg: str, ddl_sqlite: str, rows: list[dict[str, Any]], name: str) -> None:
+def _custom_table(
+    engine: sa.Engine, ddl_pg: str, ddl_sqlite: str, rows: list[dict[str, Any]], name: str
+) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text(ddl_pg if db.is_postgres(conn) else ddl_sqlite))
         cols = list(rows[0])
@@ -285,7 +287,9 @@ def test_cli_json_and_plain_output(any_url: str) -> None:
     engine = db.make_engine(any_url)
     with engine.begin() as conn:
         reference.create_reference_table(conn)
-        conn.execute(sa.insert(reference.reference_table()), [_row(f"x{i}", expires_at=NOW - H) for i in range(5)])
+        conn.execute(
+            sa.insert(reference.reference_table()), [_row(f"x{i}", expires_at=NOW - H) for i in range(5)]
+        )
     engine.dispose()
     preview = cli_json("purge", "--dry-run", env=env)
     assert preview["pending"] == {"expired": 5} and preview["deleted_total"] == 0

@@ -40,9 +40,16 @@ def test_walk_and_index_strategies_agree(pg_url: str, make_settings: SettingsFac
 def test_auto_walks_a_backlog_and_follows_the_index_for_a_trickle(
     pg_url: str, make_settings: SettingsFactory
 ) -> None:
-    settings = make_settings(pg_url, sessions={"profile": "sessionkeeper", "revoked": ""}, purge={"batch_size": 50})
+    settings = make_settings(
+        pg_url, sessions={"profile": "sessionkeeper", "revoked": ""}, purge={"batch_size": 50}
+    )
     rows = [
-        {"id": f"s{i}", "token_hash": f"s{i}".encode(), "user_id": "u", "expires_at": NOW + (-H if i < 900 else D)}
+        {
+            "id": f"s{i}",
+            "token_hash": f"s{i}".encode(),
+            "user_id": "u",
+            "expires_at": NOW + (-H if i < 900 else D),
+        }
         for i in range(1000)
     ]
     engine = _seed(settings, rows)
@@ -54,12 +61,14 @@ def test_auto_walks_a_backlog_and_follows_the_index_for_a_trickle(
     assert trickle.strategy == "index" and trickle.deleted == {"expired": 2}
 
 
-def test_naive_timestamps_are_utc_whatever_the_server_time_zone(pg_url: str, make_settings: SettingsFactory) -> None:
+def test_naive_timestamps_are_utc_whatever_the_server_time_zone(
+    pg_url: str, make_settings: SettingsFactory
+) -> None:
     engine = db.make_engine(pg_url)
     name = engine.url.database
     _exec(
         engine,
-        f'ALTER DATABASE "{name}" SET timezone TO \'Pacific/Kiritimati\'',  # UTC+14
+        f"ALTER DATABASE \"{name}\" SET timezone TO 'Pacific/Kiritimati'",  # UTC+14
         "CREATE TABLE naive_sessions (id int primary key, uid int, expires timestamp, seen timestamp)",
     )
     engine.dispose()
@@ -114,7 +123,9 @@ def _row_expired(sid: str) -> dict[str, Any]:
     return {"id": sid, "token_hash": sid.encode(), "user_id": "u", "expires_at": NOW - H}
 
 
-def test_a_table_lock_times_out_batches_and_ends_the_run_cleanly(pg_url: str, make_settings: SettingsFactory) -> None:
+def test_a_table_lock_times_out_batches_and_ends_the_run_cleanly(
+    pg_url: str, make_settings: SettingsFactory
+) -> None:
     settings = make_settings(pg_url, purge={"lock_timeout": "100ms", "strategy": "walk"})
     engine = _seed(settings, [_row_expired("e1")])
     ddl = engine.connect()
@@ -143,7 +154,11 @@ CREATE TABLE psessions (
 def _partitioned(engine: sa.Engine, *, default: bool) -> dict[str, int]:
     """Daily partitions from 3 days ago to 2 days ahead, 20 rows each, expiries spread over the day."""
     day0 = NOW.replace(hour=0, minute=0, second=0, microsecond=0)
-    statements = [PARTITIONED, "CREATE INDEX ON psessions (expires_at)", "CREATE INDEX ON psessions (user_id)"]
+    statements = [
+        PARTITIONED,
+        "CREATE INDEX ON psessions (expires_at)",
+        "CREATE INDEX ON psessions (user_id)",
+    ]
     for k in range(-3, 3):
         lo, hi = day0 + k * D, day0 + (k + 1) * D
         statements.append(
@@ -158,8 +173,13 @@ def _partitioned(engine: sa.Engine, *, default: bool) -> dict[str, int]:
             expires = day0 + k * D + timedelta(minutes=1 + i * 71)
             rows.append({"id": f"d{k}_{i}", "u": f"u{i % 3}", "t": f"{k}{i}".encode(), "e": expires})
     with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO psessions (id, user_id, token_hash, expires_at) VALUES (:id, :u, :t, :e)"), rows)
-        expired = conn.execute(sa.text("SELECT count(*) FROM psessions WHERE expires_at < now()")).scalar_one()
+        conn.execute(
+            sa.text("INSERT INTO psessions (id, user_id, token_hash, expires_at) VALUES (:id, :u, :t, :e)"),
+            rows,
+        )
+        expired = conn.execute(
+            sa.text("SELECT count(*) FROM psessions WHERE expires_at < now()")
+        ).scalar_one()
     return {"expired": int(expired), "total": len(rows)}
 
 
