@@ -22,8 +22,9 @@ from tasks.purge_batch import Bounds, Pacer, PgBatcher, Progress, Tally, sqlite_
 from worker import db, models
 from worker.celery_app import app, periodic_options
 from worker.jobruns import job_run
+from worker.observability import configure_logging
 from worker.sessiontable import SessionTable, load_mapping, utcnow
-from worker.settings import PolicySettings, Settings, get_settings
+from worker.settings import LoggingSettings, PolicySettings, Settings, get_settings
 
 JOB = "purge"
 #: the mapped column each row reason is decided on (its index decides the trickle strategy)
@@ -397,6 +398,8 @@ def describe(result: PurgeResult) -> list[str]:
 
 def demo_report(engine: Engine, settings: Settings) -> dict[str, Any]:
     """For ``sessionkeeper demo``: a dry run, then the purge, as readable lines and figures."""
+    # The demo prints its own report on stdout: job log lines must go to stderr, and only warnings.
+    configure_logging(LoggingSettings(level="WARNING"))
     preview = purge_sessions(engine=engine, settings=settings, dry_run=True)
     done = purge_sessions(engine=engine, settings=settings, trigger="demo")
     return {"lines": describe(preview) + describe(done), "dry_run": preview.pending, **done.figures()}
