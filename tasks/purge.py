@@ -52,6 +52,8 @@ class PurgeResult:
     deleted: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     seconds: float = 0.0
+    #: time spent deleting (batches, partition drops and pacing), without the counts around it
+    delete_seconds: float = 0.0
     wal_bytes: int | None = None
     wal_budget_bytes_per_second: float | None = None
     max_batch_ms: float = 0.0
@@ -72,7 +74,8 @@ class PurgeResult:
 
     @property
     def rows_per_second(self) -> float:
-        return round(self.deleted_total / self.seconds, 1) if self.seconds > 0 else 0.0
+        spent = self.delete_seconds or self.seconds
+        return round(self.deleted_total / spent, 1) if spent > 0 else 0.0
 
     def figures(self) -> dict[str, Any]:
         total = self.deleted_total
@@ -82,6 +85,7 @@ class PurgeResult:
             "deleted_total": total,
             "batches": self.batches,
             "rows_per_second": self.rows_per_second,
+            "delete_seconds": round(self.delete_seconds, 3),
             "wal_bytes": self.wal_bytes,
             "wal_bytes_per_row": round(self.wal_bytes / total, 1) if self.wal_bytes and total else None,
             "wal_budget_bytes_per_second": self.wal_budget_bytes_per_second,
@@ -160,6 +164,7 @@ def purge_sessions(
                 )
                 tally = Tally()
                 now = utcnow()
+                deleting = time.monotonic()
                 if db.is_postgres(conn):
                     _purge_postgres(
                         engine, conn, st, now, settings, bounds, tally, result, fast=fast, progress=progress
@@ -181,8 +186,9 @@ def purge_sessions(
                 result.paced_seconds, result.stopped = tally.paced_seconds, tally.stopped
                 result.timeouts = dict(tally.timeouts)
                 result.wal_bytes = tally.wal_bytes if db.is_postgres(conn) else None
-                result.seconds = time.monotonic() - started
+                result.delete_seconds = time.monotonic() - deleting
                 _measure_left(conn, st, utcnow(), settings.policy, result, settings)
+                result.seconds = time.monotonic() - started
             finally:
                 if lock is not None and lock is not True:
                     lock.rollback()
