@@ -112,22 +112,33 @@ class PgBatcher:
         self.progress = progress
         self._failures = 0
 
-    def _lsn(self) -> int:
-        return q.parse_lsn(str(self.conn.execute(q.WAL_LSN).scalar_one()))
+    def execute(
+        self, stmt: sa.Executable, params: dict[str, Any], *, counted: bool
+    ) -> tuple[int, str | None] | None:
+        """One batch in its own transaction: (rows deleted, last tid), or None if it timed out.
 
-    def execute(self, stmt: sa.Executable, params: dict[str, Any], *, counted: bool) -> int | None:
-        """One batch in its own transaction; rows deleted, or None when it timed out (rolled back)."""
-        before = self._lsn()
-        self.conn.commit()  # the LSN read must not open the batch's transaction early
+        The WAL position is read inside the batch (before and after its DELETE), so the WAL
+        measured is this batch's own (plus whatever others wrote in those milliseconds).
+        """
+        if self.conn.in_transaction():  # a read before this batch (facts, probes) autobegan one
+            self.conn.commit()
         started = time.monotonic()
+        last: str | None = None
         try:
             with self.conn.begin():
-                self.conn.execute(q.pg_set_timeouts(), self.timeouts)
+                before = str(self.conn.execute(q.pg_set_timeouts(), self.timeouts).one()[2])
+                after = before
                 result = self.conn.execute(stmt, params)
                 if counted:
-                    counts = {str(reason): int(n) for reason, n in result}
+                    counts: dict[str, int] = {}
+                    for reason, n, last_tid, lsn in result:
+                        counts[str(reason)] = int(n)
+                        after = str(lsn)
+                        if last_tid and (last is None or q.tid_block(last_tid) > q.tid_block(last)):
+                            last = str(last_tid)
                 else:
                     counts = {"cap": int(result.rowcount)}
+                    after = str(self.conn.execute(q.WAL_LSN).scalar_one())
         except sa.exc.DBAPIError as exc:
             kind = RETRYABLE.get(getattr(exc.orig, "sqlstate", None) or "")
             if kind is None:
@@ -142,8 +153,7 @@ class PgBatcher:
             return None
         elapsed = time.monotonic() - started
         self._failures = 0
-        wal = self._lsn() - before
-        self.conn.commit()
+        wal = q.parse_lsn(after) - q.parse_lsn(before)
         n = sum(counts.values())
         if n:
             self.tally.deleted.update(counts)
@@ -154,7 +164,7 @@ class PgBatcher:
         if self.progress is not None:
             self.progress(self.tally)
         self._pace(wal)
-        return n
+        return n, last
 
     def _pace(self, wal: int) -> None:
         wait = self.pacer.wait(wal)
@@ -184,13 +194,16 @@ class PgBatcher:
             limit = self.bounds.limit(self.tally.total)
             hi = min(end, lo + span)
             started = time.monotonic()
-            n = self.execute(stmt, {"lo": f"({lo},0)", "hi": f"({hi},0)", "limit": limit}, counted=True)
+            done = self.execute(stmt, {"lo": f"({lo},0)", "hi": f"({hi},0)", "limit": limit}, counted=True)
             ms = (time.monotonic() - started) * 1000
-            if n is None:  # timed out: retry a smaller range
+            if done is None:  # timed out: retry a smaller range
                 span = max(1, span // 2)
                 continue
-            if n >= limit:  # the range held more than a batch: redo it, smaller, before moving on
-                span = max(1, span // 2)
+            n, last = done
+            if n >= limit and last is not None:
+                # the range held more than a batch: go on from the last block taken (no rescan)
+                lo = q.tid_block(last)
+                span = max(1, span // 2) if ms > TARGET_BATCH_MS else span
                 continue
             lo = hi
             if ms > TARGET_BATCH_MS:
@@ -206,16 +219,16 @@ class PgBatcher:
             stmt = q.pg_index_batch(table, reasons, reason, order.get(reason))
             while not self.stop():
                 limit = self.bounds.limit(self.tally.total)
-                n = self.execute(stmt, {"limit": limit}, counted=True)
-                if n is not None and n < limit:
+                done = self.execute(stmt, {"limit": limit}, counted=True)
+                if done is not None and done[0] < limit:
                     break
 
     def cap(self, table: sa.Table, id_col: sa.ColumnElement[Any], victims: sa.Select[Any]) -> None:
         stmt = q.pg_cap_batch(table, id_col, victims)
         while not self.stop():
             limit = self.bounds.limit(self.tally.total)
-            n = self.execute(stmt, {"limit": limit}, counted=False)
-            if n is not None and n < limit:
+            done = self.execute(stmt, {"limit": limit}, counted=False)
+            if done is not None and done[0] < limit:
                 break
 
 

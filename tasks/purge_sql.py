@@ -76,8 +76,16 @@ def leaf_table(source: sa.Table, schema: str, name: str) -> sa.Table:
 def _counted_delete(
     table: sa.Table, where: sa.ColumnElement[bool], case: sa.ColumnElement[str]
 ) -> sa.Select[Any]:
-    deleted = sa.delete(table).where(where).returning(case.label("reason")).cte("deleted")
-    return sa.select(deleted.c.reason, sa.func.count().label("n")).group_by(deleted.c.reason)
+    """Rows (reason, n, last tid deleted, WAL position after the delete): one round trip per batch."""
+    deleted = (
+        sa.delete(table).where(where).returning(case.label("reason"), _ctid().label("tid")).cte("deleted")
+    )
+    return sa.select(
+        deleted.c.reason,
+        sa.func.count().label("n"),
+        sa.cast(sa.func.max(deleted.c.tid), sa.Text()).label("last_tid"),
+        sa.cast(sa.func.pg_current_wal_insert_lsn(), sa.Text()).label("lsn"),
+    ).group_by(deleted.c.reason)
 
 
 def pg_range_batch(table: sa.Table, reasons: Reasons) -> sa.Select[Any]:
@@ -149,10 +157,11 @@ def pg_set_timeouts() -> sa.Select[Any]:
     return sa.select(
         sa.func.set_config("lock_timeout", sa.bindparam("lock_timeout", type_=sa.Text()), True),
         sa.func.set_config("statement_timeout", sa.bindparam("statement_timeout", type_=sa.Text()), True),
+        sa.cast(sa.func.pg_current_wal_insert_lsn(), sa.Text()),
     )
 
 
-WAL_LSN = sa.select(sa.func.pg_current_wal_lsn())
+WAL_LSN = sa.select(sa.func.pg_current_wal_insert_lsn())
 WAL_SETTINGS = sa.select(
     sa.func.pg_size_bytes(sa.func.current_setting("max_wal_size")),
     sa.cast(
@@ -175,6 +184,11 @@ def heap_facts(table: sa.Table) -> sa.Select[Any]:
         .where(pg_class.c.oid == rel)
         .scalar_subquery(),
     )
+
+
+def tid_block(text: str) -> int:
+    """The block number of a tid's text form "(block,offset)"."""
+    return int(text.strip("()").split(",")[0])
 
 
 def parse_lsn(text: str) -> int:
