@@ -57,6 +57,7 @@ class PurgeResult:
     wal_bytes: int | None = None
     wal_budget_bytes_per_second: float | None = None
     max_batch_ms: float = 0.0
+    max_partition_ms: float = 0.0
     paced_seconds: float = 0.0
     stopped: str | None = None
     strategy: str | None = None
@@ -90,6 +91,7 @@ class PurgeResult:
             "wal_bytes_per_row": round(self.wal_bytes / total, 1) if self.wal_bytes and total else None,
             "wal_budget_bytes_per_second": self.wal_budget_bytes_per_second,
             "max_batch_ms": round(self.max_batch_ms, 1),
+            "max_partition_ms": round(self.max_partition_ms, 1) or None,
             "paced_seconds": round(self.paced_seconds, 2),
             "fast": self.fast,
             "strategy": self.strategy,
@@ -160,7 +162,7 @@ def purge_sessions(
                     deadline=started
                     + (max_seconds if max_seconds is not None else cfg.max_run_seconds.total_seconds()),
                     max_rows=max_rows if max_rows is not None else cfg.max_rows_per_run,
-                    batch_size=batch_size or cfg.batch_size,
+                    batch_size=batch_size or (cfg.fast_batch_size if fast else cfg.batch_size),
                 )
                 tally = Tally()
                 now = utcnow()
@@ -183,6 +185,7 @@ def purge_sessions(
                     result.strategy = "rowid"
                 result.deleted = {k: v for k, v in tally.deleted.items() if v}
                 result.batches, result.max_batch_ms = tally.batches, tally.max_batch_ms
+                result.max_partition_ms = tally.max_partition_ms
                 result.paced_seconds, result.stopped = tally.paced_seconds, tally.stopped
                 result.timeouts = dict(tally.timeouts)
                 result.wal_bytes = tally.wal_bytes if db.is_postgres(conn) else None

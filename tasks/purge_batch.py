@@ -39,6 +39,8 @@ class Tally:
     batches: int = 0
     wal_bytes: int = 0
     max_batch_ms: float = 0.0
+    #: slowest whole partition taken (detach + count + drop)
+    max_partition_ms: float = 0.0
     batch_seconds: float = 0.0
     paced_seconds: float = 0.0
     timeouts: Counter[str] = field(default_factory=Counter)

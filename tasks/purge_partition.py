@@ -105,6 +105,7 @@ def take_partitions(
                     break
                 table = q.leaf_table(st.table, leaf.schema, leaf.name)
                 name = f"{leaf.schema}.{leaf.name}"
+                took = time.monotonic()
                 try:
                     _detach(conn, st.table, table, finalize=(leaf.schema, leaf.name) in pending)
                 except sa.exc.DBAPIError as exc:
@@ -120,7 +121,9 @@ def take_partitions(
                     dropped.append(name)
                 else:
                     detached.append(name)
-                log.info("purge_partition_taken", partition=name, rows=rows, dropped=drop)
+                ms = (time.monotonic() - took) * 1000
+                tally.max_partition_ms = max(tally.max_partition_ms, ms)
+                log.info("purge_partition_taken", partition=name, rows=rows, dropped=drop, ms=round(ms, 1))
         finally:
             conn.execute(sa.text("RESET lock_timeout"))
     return dropped, detached

@@ -126,6 +126,8 @@ class PolicySettings(_Section):
 class PurgeSettings(_Section):
     schedule: Schedule = "5m"
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
+    #: rows per batch with --fast (fewer, larger transactions: per-batch overhead dominates at 5000)
+    fast_batch_size: int = Field(default=20000, ge=1, le=1_000_000)
     max_run_seconds: Duration = timedelta(minutes=4)
     max_rows_per_run: int | None = Field(default=None, ge=1)
     #: share of the server's WAL budget (max_wal_size per checkpoint_timeout) a paced purge may use

@@ -67,7 +67,7 @@ PG_SCRIPT = """
 \\set t random(1, 2000000000)
 \\set new random(1, 10)
 SELECT user_id, expires_at FROM sessions WHERE token_hash = sha256(int4send(:i));
-UPDATE sessions SET last_activity_at = now() WHERE token_hash = sha256(int4send(:i)) AND expires_at > now();
+UPDATE sessions SET last_activity_at = now() WHERE token_hash = sha256(int4send(:i)){guard};
 \\if :new = 1
 INSERT INTO sessions (id, token_hash, user_id, created_at, last_activity_at, expires_at)
   VALUES ('n' || :client_id || '_' || :r, sha256(int4send(-:t)), 'u' || :r % 200000, now(), now(),
@@ -174,10 +174,13 @@ def build(n: int, *, partitioned: bool) -> str:
 class Load:
     """pgbench at a fixed rate, per-transaction log; plus a sampler of live lock waits."""
 
-    def __init__(self, dsn: str, n: int, rate: int, seconds: int, ttl: str) -> None:
+    def __init__(self, dsn: str, n: int, rate: int, seconds: int, ttl: str, app: str) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="purge_bench_"))
         script = self.dir / "app.sql"
-        script.write_text(PG_SCRIPT.format(lo=int(n * 0.55), hi=n, ttl=ttl))
+        # "naive": any token (stale cookies too) and an UPDATE that does not skip expired rows, so
+        # the app touches the very rows a purge deletes; "guarded": live tokens, UPDATE skips expired
+        lo, guard = (1, "") if app == "naive" else (int(n * 0.55), " AND expires_at > now()")
+        script.write_text(PG_SCRIPT.format(lo=lo, hi=n, ttl=ttl, guard=guard))
         self.proc = subprocess.Popen(
             [
                 "pgbench",
@@ -277,8 +280,8 @@ def scenario(template: str, n: int, kind: str, args: argparse.Namespace) -> dict
     # trickle: sessions inserted during the load expire after a second, so a backlog builds
     ttl = "1 second" if trickle else "30 days"
     warmup = args.baseline * (2 if trickle else 1)
-    budget = warmup + (args.purge_seconds + 3 if kind == "paced" else 30)
-    load = Load(dsn, n, args.rate, budget, ttl)
+    budget = warmup + (args.purge_seconds + 3 if kind.startswith("paced") else 30)
+    load = Load(dsn, n, args.rate, budget, ttl, args.app)
     time.sleep(warmup)
     ck0, lsn0 = checkpoints(dsn), lsn(dsn)
     t0 = time.time()
@@ -296,8 +299,9 @@ def scenario(template: str, n: int, kind: str, args: argparse.Namespace) -> dict
             purge={
                 "strategy": kind.split("_")[1] if trickle else "auto",
                 "max_run_seconds": f"{args.purge_seconds}s",
-                "batch_size": args.batch_size,
-            },
+                "wal_budget_share": 0.5 if kind == "paced_half" else 0.25,
+            }
+            | ({"batch_size": args.batch_size} if args.batch_size else {}),
         )
         engine = db.get_engine(settings)
         from worker import migrate
@@ -312,6 +316,7 @@ def scenario(template: str, n: int, kind: str, args: argparse.Namespace) -> dict
             strategy=result.strategy,
             stopped=result.stopped,
             partitions_dropped=len(result.partitions_dropped),
+            max_partition_ms=round(result.max_partition_ms, 1),
             our_wal_bytes=result.wal_bytes,
             budget_bytes_per_s=result.wal_budget_bytes_per_second,
             lag_after_s=round(result.lag_seconds),
@@ -352,7 +357,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=300, help="live transactions per second")
     parser.add_argument("--baseline", type=int, default=10, help="seconds of load before each purge")
     parser.add_argument("--purge-seconds", type=int, default=60, help="max_run_seconds of paced runs")
-    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the purge settings")
+    parser.add_argument("--app", choices=["naive", "guarded"], default="naive", help="live workload")
     parser.add_argument(
         "--private-port",
         type=int,
@@ -361,7 +367,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--scenarios",
-        default="single_delete,fast,paced,partitions,trickle_index,trickle_walk",
+        default="single_delete,fast,paced,paced_half,partitions,trickle_index,trickle_walk",
         help="comma-separated subset",
     )
     args = parser.parse_args()
