@@ -113,6 +113,8 @@ class PgBatcher:
         }
         self.progress = progress
         self._failures = 0
+        #: the last batch's own duration (pacing sleeps excluded): what sizes the next range
+        self.last_ms = 0.0
 
     def execute(
         self, stmt: sa.Executable, params: dict[str, Any], *, counted: bool
@@ -154,6 +156,7 @@ class PgBatcher:
                 time.sleep(min(2.0, 0.1 * 2**self._failures))
             return None
         elapsed = time.monotonic() - started
+        self.last_ms = elapsed * 1000
         self._failures = 0
         wal = q.parse_lsn(after) - q.parse_lsn(before)
         n = sum(counts.values())
@@ -195,9 +198,8 @@ class PgBatcher:
         while lo < end and not self.stop():
             limit = self.bounds.limit(self.tally.total)
             hi = min(end, lo + span)
-            started = time.monotonic()
             done = self.execute(stmt, {"lo": f"({lo},0)", "hi": f"({hi},0)", "limit": limit}, counted=True)
-            ms = (time.monotonic() - started) * 1000
+            ms = self.last_ms
             if done is None:  # timed out: retry a smaller range
                 span = max(1, span // 2)
                 continue

@@ -56,7 +56,8 @@ def purge_command(
     Exit codes: 0 ok (also when skipped), 1 database unreachable or the run failed, 2 mapping or
     configuration problem (nothing deleted).
     """
-    from tasks.purge import describe, purge_sessions
+    from tasks.purge import purge_sessions
+    from tasks.purge_result import describe
 
     settings, engine = cli.settings, cli.engine
     kwargs: dict[str, Any] = {
