@@ -38,6 +38,8 @@ REASON_KEYS = {
 }
 #: a backlog smaller than this share of the heap's blocks is followed by index, not walked
 WALK_ROWS_PER_BLOCK = 0.25
+#: ... and so is any backlog under this many rows (on a small table either order is cheap)
+WALK_MIN_ROWS = 500
 
 
 def purge_sessions(
@@ -221,12 +223,16 @@ def _purge_postgres(
         here = {name: q.retarget(clause, st.table, target) for name, clause in reasons.items()}
         if not here:
             continue
-        strategy = _choose_strategy(conn, st, target, here, cfg.strategy, bounds.batch_size)
+        indexed = _indexed_reasons(conn, st, target, here)
+        strategy = _choose_strategy(conn, target, here, indexed, cfg.strategy)
         strategies.append(strategy)
+        order = {name: _order_column(st, target, name) for name in here}
         if strategy == "walk":
             batcher.walk(target, here)
+            # Rows the walk had to skip (held by the app) or that moved behind it (a non-HOT update)
+            # are few: one pass along the indexes picks them up, so the lag after a catch-up is ~0.
+            batcher.by_index(target, here, order, only=[r for r in here if r in indexed])
         else:
-            order = {name: _order_column(st, target, name) for name in here}
             batcher.by_index(target, here, order)
     victims = st.cap_victims(now, settings.policy)
     if victims is not None and not batcher.stop():
@@ -241,22 +247,26 @@ def _order_column(st: SessionTable, target: sa.Table, reason: str) -> sa.ColumnE
     return target.c[col.name] if col is not None else None
 
 
+def _indexed_reasons(conn: Connection, st: SessionTable, target: sa.Table, reasons: q.Reasons) -> set[str]:
+    """The reasons whose column leads an index of the target table."""
+    indexes = sa.inspect(conn).get_indexes(target.name, schema=target.schema)
+    conn.commit()
+    leading = {ix["column_names"][0] for ix in indexes if ix.get("column_names")}
+    columns = {reason: st.c(REASON_KEYS[reason]) for reason in reasons}
+    return {reason for reason, col in columns.items() if col is not None and col.name in leading}
+
+
 def _choose_strategy(
-    conn: Connection, st: SessionTable, target: sa.Table, reasons: q.Reasons, setting: str, batch_size: int
+    conn: Connection, target: sa.Table, reasons: q.Reasons, indexed: set[str], setting: str
 ) -> str:
     """Walk the heap for a backlog (or a reason no index serves); follow the indexes for a trickle."""
     if setting in {"walk", "index"}:
         return setting
-    indexes = sa.inspect(conn).get_indexes(target.name, schema=target.schema)
-    conn.commit()
-    leading = {ix["column_names"][0] for ix in indexes if ix.get("column_names")}
-    for reason in reasons:
-        col = st.c(REASON_KEYS[reason])
-        if col is None or col.name not in leading:
-            return "walk"
+    if set(reasons) - indexed:
+        return "walk"
     rel = conn.dialect.identifier_preparer.format_table(target)
     blocks = int(conn.execute(q.heap_facts(target), {"rel": rel}).one()[0] or 0)
-    threshold = max(batch_size, int(blocks * WALK_ROWS_PER_BLOCK))
+    threshold = max(WALK_MIN_ROWS, int(blocks * WALK_ROWS_PER_BLOCK))
     seen = 0
     for clause in reasons.values():
         seen += int(conn.execute(q.pg_probe(target, clause), {"limit": threshold - seen}).scalar_one())

@@ -153,11 +153,17 @@ def pg_probe(table: sa.Table, clause: sa.ColumnElement[bool]) -> sa.Select[Any]:
 
 
 def pg_set_timeouts() -> sa.Select[Any]:
-    """SET LOCAL lock_timeout / statement_timeout (set_config(..., true) takes bind parameters)."""
+    """SET LOCAL lock_timeout / statement_timeout / synchronous_commit, and the WAL position.
+
+    ``set_config(..., true)`` is SET LOCAL that takes bind parameters. A batch commits without
+    waiting for its WAL to reach disk: a crash can only forget the last deletions, which the
+    next run simply repeats, and the app's own commits keep their durability.
+    """
     return sa.select(
         sa.func.set_config("lock_timeout", sa.bindparam("lock_timeout", type_=sa.Text()), True),
         sa.func.set_config("statement_timeout", sa.bindparam("statement_timeout", type_=sa.Text()), True),
         sa.cast(sa.func.pg_current_wal_insert_lsn(), sa.Text()),
+        sa.func.set_config("synchronous_commit", "off", True),
     )
 
 

@@ -222,7 +222,7 @@ class Load:
                 time.sleep(0.02)
 
     def finish(self) -> list[tuple[float, float]]:
-        """(epoch seconds, latency ms) of every transaction."""
+        """(epoch seconds when it ended, latency ms) of every transaction."""
         self.proc.wait()
         self._stop.set()
         out: list[tuple[float, float]] = []
@@ -327,8 +327,9 @@ def scenario(template: str, n: int, kind: str, args: argparse.Namespace) -> dict
     wal = lsn(dsn) - lsn0
     ck1 = checkpoints(dsn)
     tx = load.finish()
-    before = [ms for at, ms in tx if at < t0]
-    during = [ms for at, ms in tx if t0 <= at <= t1]
+    # a transaction belongs to "during" when its run overlaps the purge (pgbench logs its end)
+    before = [ms for end, ms in tx if end < t0]
+    during = [ms for end, ms in tx if end >= t0 and end - ms / 1000 <= t1]
     seconds = t1 - t0
     row.update(
         seconds=round(seconds, 2),
@@ -408,8 +409,47 @@ def main() -> None:
             cluster.stop()
     out = Path(__file__).with_name("results.json")
     out.write_text(json.dumps(results, indent=2))
+    print(summarize(results))
     print(f"results in {out}")
 
 
+def summarize(results: list[dict[str, Any]]) -> str:
+    """A markdown table of the figures the issue's targets are about, one row per scenario."""
+    head = (
+        "| rows | scenario | deleted | rows/s | vs DELETE | WAL B/row | vs DELETE | max batch ms "
+        "| live p50/p99/max before | during | lock wait ms | ckpt req | size after MB |"
+    )
+    lines = [head, "|" + "---|" * 13]
+    base: dict[int, dict[str, Any]] = {r["rows"]: r for r in results if r["scenario"] == "single_delete"}
+    for r in results:
+        ref = base.get(r["rows"])
+        rate = r.get("purge_rows_per_s") or r["rows_per_s"]
+        wal = r.get("wal_bytes_per_row")
+        b, d = r["live_before"], r["live_during"]
+
+        def live(x: dict[str, Any]) -> str:
+            return f"{x['p50_ms']}/{x['p99_ms']}/{x['max_ms']}" if x.get("n") else "-"
+
+        lines.append(
+            f"| {r['rows']:,} | {r['scenario']} | {r['deleted']:,} | {rate:,} "
+            f"| {rate / ref['rows_per_s']:.0%} | {wal} | "
+            + (
+                f"{wal / ref['wal_bytes_per_row']:.2f}x"
+                if ref and wal and ref.get("wal_bytes_per_row")
+                else "-"
+            )
+            + f" | {r['max_batch_ms']} | {live(b)} | {live(d)} | {r['max_live_lock_wait_ms']} "
+            f"| {r['checkpoints_requested']} | {r['size_after_mb']} |"
+            if ref
+            else f"| {r['rows']:,} | {r['scenario']} | {r['deleted']:,} | {rate:,} | - | {wal} | - "
+            f"| {r['max_batch_ms']} | {live(b)} | {live(d)} | {r['max_live_lock_wait_ms']} "
+            f"| {r['checkpoints_requested']} | {r['size_after_mb']} |"
+        )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--summary"]:
+        print(summarize(json.loads(Path(sys.argv[2]).read_text())))
+    else:
+        main()

@@ -84,7 +84,9 @@ KEPT = {"in_grace", "null_expiry", "revoked_in_grace", "crowd0", "crowd1"}
 def test_every_reason_counted_separately_and_recorded(
     any_url: str, make_settings: SettingsFactory, batch_size: int
 ) -> None:
-    settings = make_settings(any_url, policy=POLICY, purge={"batch_size": batch_size})
+    settings = make_settings(
+        any_url, policy=POLICY, purge={"batch_size": batch_size, "fast_batch_size": batch_size}
+    )
     engine = _seed(settings, _reasons_rows())
     result = purge_sessions(engine=engine, settings=settings, fast=True)
     assert result.outcome == "succeeded"
@@ -129,7 +131,7 @@ def test_grace_zero_and_null_expiry(any_url: str, make_settings: SettingsFactory
 
 
 def test_run_bounds_leave_the_rest_and_report_the_lag(any_url: str, make_settings: SettingsFactory) -> None:
-    settings = make_settings(any_url, purge={"batch_size": 7})
+    settings = make_settings(any_url, purge={"batch_size": 7, "fast_batch_size": 7})
     rows = [_row(f"s{i:03d}", expires_at=NOW - (i + 1) * H) for i in range(50)]
     engine = _seed(settings, rows)
     first = purge_sessions(engine=engine, settings=settings, max_rows=20, fast=True)
@@ -220,7 +222,9 @@ def test_boolean_active_flag_false_means_revoked(any_url: str, make_settings: Se
 
 
 def test_cap_keeps_the_most_recently_active(any_url: str, make_settings: SettingsFactory) -> None:
-    settings = make_settings(any_url, policy={"max_sessions_per_user": 3}, purge={"batch_size": 2})
+    settings = make_settings(
+        any_url, policy={"max_sessions_per_user": 3}, purge={"batch_size": 2, "fast_batch_size": 2}
+    )
     rows = [_row(f"a{i}", "alice", last_activity_at=NOW - i * H) for i in range(7)]
     rows += [_row(f"b{i}", "bob", last_activity_at=NOW - i * H) for i in range(3)]
     rows.append(_row("a_expired", "alice", expires_at=NOW - H))  # not live: neither counted nor "cap"

@@ -29,7 +29,9 @@ def _exec(engine: sa.Engine, *statements: str, **params: Any) -> None:
 
 @pytest.mark.parametrize("strategy", ["walk", "index"])
 def test_walk_and_index_strategies_agree(pg_url: str, make_settings: SettingsFactory, strategy: str) -> None:
-    settings = make_settings(pg_url, policy=POLICY, purge={"batch_size": 2, "strategy": strategy})
+    settings = make_settings(
+        pg_url, policy=POLICY, purge={"batch_size": 2, "fast_batch_size": 2, "strategy": strategy}
+    )
     engine = _seed(settings, _reasons_rows())
     result = purge_sessions(engine=engine, settings=settings, fast=True)
     assert result.strategy == strategy
@@ -195,7 +197,7 @@ def test_partitions_below_the_cutoff_go_whole_then_the_boundary_in_batches(
     settings = make_settings(
         pg_url,
         sessions={"profile": "sessionkeeper", "table": "psessions"},
-        purge={"partitions": mode, "batch_size": 4},
+        purge={"partitions": mode, "batch_size": 4, "fast_batch_size": 4},
     )
     engine = db.get_engine(settings)
     counts = _partitioned(engine, default=default)
