@@ -228,10 +228,10 @@ def _purge_postgres(
         strategies.append(strategy)
         order = {name: _order_column(st, target, name) for name in here}
         if strategy == "walk":
+            # Rows the walk skipped (held by the app) wait for the next run: sweeping them along the
+            # index now would first wade through every index entry the walk just killed (measured:
+            # one 0.8-1.5 s batch at 5M rows) until vacuum removes them.
             batcher.walk(target, here)
-            # Rows the walk had to skip (held by the app) or that moved behind it (a non-HOT update)
-            # are few: one pass along the indexes picks them up, so the lag after a catch-up is ~0.
-            batcher.by_index(target, here, order, only=[r for r in here if r in indexed])
         else:
             batcher.by_index(target, here, order)
     victims = st.cap_victims(now, settings.policy)

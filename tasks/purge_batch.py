@@ -220,11 +220,9 @@ class PgBatcher:
         table: sa.Table,
         reasons: q.Reasons,
         order: dict[str, sa.ColumnElement[Any] | None],
-        *,
-        only: list[str] | None = None,
     ) -> None:
-        """Each reason (of ``only``, default all) in turn, following its index, until a batch is short."""
-        for reason in reasons if only is None else only:
+        """Each reason in turn, following its index, until a batch comes back short."""
+        for reason in reasons:
             stmt = q.pg_index_batch(table, reasons, reason, order.get(reason))
             while not self.stop():
                 limit = self.bounds.limit(self.tally.total)
