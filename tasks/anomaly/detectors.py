@@ -20,7 +20,7 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from tasks.anomaly.distributions import NegativeBinomial
@@ -416,3 +416,37 @@ def seasonal_offsets(
         for d in range(1, days + 1)
         for k in range(-neighbours, neighbours + 1)
     ]
+
+
+def baseline_at(
+    counts: Mapping[datetime, float],
+    at: datetime,
+    *,
+    bucket: timedelta = timedelta(minutes=5),
+    days: int = 7,
+    neighbours: int = 1,
+    trailing: timedelta = timedelta(hours=24),
+    rel_floor: float = 0.1,
+    abs_floor: float = 1.0,
+) -> Baseline | None:
+    """The baseline for the bucket keyed ``at`` from earlier buckets only (causal).
+
+    ``counts`` maps a bucket key (its start, or for sliding windows its end minute) to the count;
+    missing keys are missing history, not zeros. Seasonal needs every one of the past ``days``.
+    """
+    seasonal = [
+        counts[at - off]
+        for off in seasonal_offsets(days=days, bucket=bucket, neighbours=neighbours)
+        if at - off in counts
+    ]
+    steps = int(trailing / bucket)
+    previous = [counts[at - k * bucket] for k in range(1, steps + 1) if at - k * bucket in counts]
+    return choose_baseline(
+        seasonal=seasonal,
+        trailing=previous,
+        seasonal_min_samples=days * (2 * neighbours + 1),
+        seasonal_window=timedelta(days=days),
+        trailing_window=trailing,
+        rel_floor=rel_floor,
+        abs_floor=abs_floor,
+    )
