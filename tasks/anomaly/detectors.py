@@ -351,11 +351,13 @@ def detect_global(
     drop_z: float = 4.0,
     drop_max_ratio: float = 0.25,
     drop_min_expected: float = 20.0,
+    budget_z: float = 0.0,
 ) -> Finding | None:
     """Site-wide spike or drop in one bucket, scored as a robust z against the baseline.
 
     Spike: z >= ``spike_z`` and at least ``spike_min_ratio`` x and ``spike_min_excess`` above
-    the median (critical from ``critical_z``). Drop: the median is at least
+    the median (critical from ``critical_z``), and z at least ``budget_z`` (the false-alarm
+    budget, see ``SpikeBudget``). Drop: the median is at least
     ``drop_min_expected`` and the count fell to ``drop_max_ratio`` x the median or less with
     z <= -``drop_z`` (critical when nothing at all arrived).
     """
@@ -374,8 +376,15 @@ def detect_global(
         "score": z,
         "score_kind": "robust_z",
     }
-    details = {"scale": round(scale, 3), "mad": baseline.mad, "samples": baseline.samples}
-    spike_threshold = max(med + spike_z * scale, med * spike_min_ratio, med + spike_min_excess)
+    details = {
+        "scale": round(scale, 3),
+        "mad": baseline.mad,
+        "samples": baseline.samples,
+        "budget_z": round(budget_z, 2),
+    }
+    spike_threshold = max(
+        med + max(spike_z, budget_z) * scale, med * spike_min_ratio, med + spike_min_excess
+    )
     if observed >= spike_threshold:
         severity: Severity = "critical" if z >= critical_z else "warning"
         return Finding(
@@ -385,6 +394,11 @@ def detect_global(
             reason=(
                 f"{observed:g} sessions site-wide in {minutes} min, expected {med:g} "
                 f"({baseline.method}); {observed / max(med, 1e-9):.1f}x, z={z:.1f}"
+                + (
+                    f", stranger than the week's budget z={budget_z:.1f}"
+                    if budget_z > spike_z
+                    else ""
+                )
             ),
             details=details,
             **common,
@@ -450,3 +464,60 @@ def baseline_at(
         rel_floor=rel_floor,
         abs_floor=abs_floor,
     )
+
+
+@dataclass(frozen=True)
+class SpikeBudget:
+    """A false-alarm budget for the global spike rule: recent spike episodes and their peak z.
+
+    Real traffic has bursts no baseline predicts (a newsletter, a mobile release). A spike must
+    be at least as strange as the ``rank``-th strangest episode of the past ``horizon`` to fire,
+    so a bursty site gets about ``rank`` global-spike alerts a week instead of one per burst;
+    a smooth site, whose quiet weeks have no episodes, keeps the plain ``spike_z`` threshold.
+    An episode is a run of consecutive buckets with z >= ``floor``; it counts once, at its peak,
+    so one long event cannot blind the rule for a week.
+    """
+
+    #: (start, peak z) of each episode within the horizon, oldest first
+    episodes: tuple[tuple[datetime, float], ...] = ()
+    #: whether the newest episode is still running (the last bucket was at or above the floor)
+    running: bool = False
+
+    def threshold(
+        self, at: datetime, *, rank: int = 3, horizon: timedelta = timedelta(days=7)
+    ) -> float:
+        """The z a spike at ``at`` must reach; 0 when fewer than ``rank`` episodes are recent."""
+        if rank <= 0:
+            return 0.0
+        peaks = sorted((z for t, z in self.episodes if t >= at - horizon), reverse=True)
+        return peaks[rank - 1] if len(peaks) >= rank else 0.0
+
+    def record(
+        self, at: datetime, z: float, *, floor: float = 5.0, horizon: timedelta = timedelta(days=7)
+    ) -> SpikeBudget:
+        """Fold this bucket's z in (after deciding on it), dropping episodes past the horizon."""
+        kept = tuple(e for e in self.episodes if e[0] >= at - horizon)
+        if z < floor:
+            return SpikeBudget(episodes=kept, running=False)
+        if self.running and kept and kept[-1] == self.episodes[-1]:
+            start, peak = kept[-1]
+            return SpikeBudget(episodes=(*kept[:-1], (start, max(peak, z))), running=True)
+        return SpikeBudget(episodes=(*kept, (at, z)), running=True)
+
+    def to_json(self) -> dict[str, Any]:
+        """For scan_state: ISO times and z rounded to 0.01."""
+        return {
+            "episodes": [[t.isoformat(), round(z, 2)] for t, z in self.episodes],
+            "running": self.running,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> SpikeBudget:
+        """Inverse of ``to_json``; an absent or malformed value is an empty budget."""
+        if not data:
+            return cls()
+        try:
+            episodes = tuple((datetime.fromisoformat(t), float(z)) for t, z in data["episodes"])
+            return cls(episodes=episodes, running=bool(data.get("running", False)))
+        except (KeyError, TypeError, ValueError):
+            return cls()

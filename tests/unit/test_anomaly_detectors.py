@@ -165,3 +165,31 @@ def test_seasonal_offsets_cover_a_week_of_neighbours() -> None:
     assert len(offsets) == 21
     assert min(offsets) == timedelta(days=1, minutes=-5)
     assert max(offsets) == timedelta(days=7, minutes=5)
+
+
+def test_spike_budget_counts_episodes_once_and_expires() -> None:
+    from datetime import UTC, datetime
+
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    five = timedelta(minutes=5)
+    budget = d.SpikeBudget()
+    assert budget.threshold(t0) == 0.0
+    # One long event: six buckets over the floor make a single episode at its peak.
+    for i, z in enumerate([6.0, 30.0, 12.0, 8.0, 7.0, 6.0, 1.0]):
+        budget = budget.record(t0 + i * five, z)
+    assert budget.episodes == ((t0, 30.0),)
+    budget = budget.record(t0 + timedelta(hours=5), 9.0).record(t0 + timedelta(hours=6), 1.0)
+    budget = budget.record(t0 + timedelta(hours=9), 7.0)
+    assert budget.threshold(t0 + timedelta(hours=10)) == 7.0
+    assert budget.threshold(t0 + timedelta(hours=10), rank=0) == 0.0
+    # A week later they are forgotten.
+    assert budget.threshold(t0 + timedelta(days=7, hours=10)) == 0.0
+    assert d.SpikeBudget.from_json(budget.to_json()) == budget
+    assert d.SpikeBudget.from_json({"episodes": "junk"}) == d.SpikeBudget()
+
+
+def test_spike_budget_raises_the_global_threshold() -> None:
+    base = d.robust_baseline([100.0] * 21, method="seasonal_median_mad", window=WEEK)
+    assert d.detect_global(observed=180, baseline=base) is not None
+    assert d.detect_global(observed=180, baseline=base, budget_z=9.0) is None
+    assert d.detect_global(observed=200, baseline=base, budget_z=9.0) is not None
