@@ -91,6 +91,8 @@ def upgrade() -> None:
     sa.Column('table_key', sa.Text(), nullable=False),
     sa.Column('watermark', sa.DateTime(timezone=True), nullable=True),
     sa.Column('backfilled_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('history_start', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('detector_state', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), server_default=sa.text("'{}'"), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('table_key', name=op.f('pk_scan_state')),
     schema='sessionkeeper'

@@ -49,7 +49,7 @@ class Finding:
     threshold: float
     #: p-value for count models (smaller is stranger), robust z for the global rules
     score: float
-    score_kind: Literal["p_value", "robust_z", "count"]
+    score_kind: Literal["p_value", "robust_z", "count", "ratio"]
     severity: Severity
     #: a sentence a person on call can read without the docs
     reason: str
@@ -171,10 +171,7 @@ def detect_user_burst(
     if severity is None:
         return None
     minutes = int(window.total_seconds() // 60)
-    why = (
-        f"{observed} sessions in {minutes} min for one user, expected {expected:.2f} "
-        f"(p={p_value:.2g})"
-    )
+    why = f"{observed} sessions in {minutes} min for one user, expected {expected:.2f} (p={p_value:.2g})"
     if observed >= always_count:
         why += f"; at or above the absolute limit of {always_count}"
     details: dict[str, Any] = {
@@ -298,9 +295,7 @@ def robust_baseline(
     med = statistics.median(samples)
     mad = statistics.median(abs(s - med) for s in samples)
     scale = max(_MAD_TO_SIGMA * mad, math.sqrt(max(med, 0.0)), rel_floor * med, abs_floor)
-    return Baseline(
-        method=method, window=window, median=med, scale=scale, samples=len(samples), mad=mad
-    )
+    return Baseline(method=method, window=window, median=med, scale=scale, samples=len(samples), mad=mad)
 
 
 def choose_baseline(
@@ -382,9 +377,7 @@ def detect_global(
         "samples": baseline.samples,
         "budget_z": round(budget_z, 2),
     }
-    spike_threshold = max(
-        med + max(spike_z, budget_z) * scale, med * spike_min_ratio, med + spike_min_excess
-    )
+    spike_threshold = max(med + max(spike_z, budget_z) * scale, med * spike_min_ratio, med + spike_min_excess)
     if observed >= spike_threshold:
         severity: Severity = "critical" if z >= critical_z else "warning"
         return Finding(
@@ -394,11 +387,7 @@ def detect_global(
             reason=(
                 f"{observed:g} sessions site-wide in {minutes} min, expected {med:g} "
                 f"({baseline.method}); {observed / max(med, 1e-9):.1f}x, z={z:.1f}"
-                + (
-                    f", stranger than the week's budget z={budget_z:.1f}"
-                    if budget_z > spike_z
-                    else ""
-                )
+                + (f", stranger than the week's budget z={budget_z:.1f}" if budget_z > spike_z else "")
             ),
             details=details,
             **common,
@@ -426,9 +415,7 @@ def seasonal_offsets(
     """Offsets back in time whose buckets form the seasonal sample: same time of day on each of
     the past ``days``, plus ``neighbours`` buckets either side (robust to a shifted peak)."""
     return [
-        timedelta(days=d) + k * bucket
-        for d in range(1, days + 1)
-        for k in range(-neighbours, neighbours + 1)
+        timedelta(days=d) + k * bucket for d in range(1, days + 1) for k in range(-neighbours, neighbours + 1)
     ]
 
 
@@ -483,9 +470,7 @@ class SpikeBudget:
     #: whether the newest episode is still running (the last bucket was at or above the floor)
     running: bool = False
 
-    def threshold(
-        self, at: datetime, *, rank: int = 3, horizon: timedelta = timedelta(days=7)
-    ) -> float:
+    def threshold(self, at: datetime, *, rank: int = 3, horizon: timedelta = timedelta(days=7)) -> float:
         """The z a spike at ``at`` must reach; 0 when fewer than ``rank`` episodes are recent."""
         if rank <= 0:
             return 0.0

@@ -59,9 +59,7 @@ def betainc(a: float, b: float, x: float) -> float:
         raise ValueError("betainc needs 0 <= x <= 1")
     if x in (0.0, 1.0):
         return x
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
     # The fraction converges fast only on the side of the mean; use the symmetry on the other.
     if x < (a + 1.0) / (a + b + 2.0):
         return math.exp(log_front) * _beta_cf(a, b, x) / a

@@ -4,11 +4,11 @@ The scan persists ``AlertState`` in the alerts table and replays these decisions
 run the same functions in memory, so the notification counts they report are the ones an
 operator would get.
 
-    (none) --fires--> open [notify "firing"]
+    (none) --fires--> open [notify "new"]
     open   --fires, severity rises or value doubles--> open [notify "escalated"]
     open   --fires otherwise--> open [suppressed += 1]
     open   --clear for two windows--> resolved [notify "resolved"]
-    resolved --fires after the cooldown--> open [notify "firing"]
+    resolved --fires after the cooldown--> open [notify "new"]
     resolved --fires within the cooldown--> open, silently (flapping), unless severity rises
 """
 
@@ -21,7 +21,8 @@ from typing import Literal
 
 from tasks.anomaly.detectors import SEVERITY_RANK, Finding, Severity
 
-EventKind = Literal["firing", "escalated", "resolved"]
+#: the event names the alert outbox (worker.alert.outbox) accepts
+EventKind = Literal["new", "escalated", "resolved"]
 #: rules where a smaller observed value is worse, so "the value doubles" does not apply
 _LOWER_IS_WORSE = frozenset({"global_drop"})
 
@@ -87,7 +88,7 @@ def observe(
             last_value=finding.observed,
             window=finding.window,
         )
-        return _notify(new, "firing", finding, now)
+        return _notify(new, "new", finding, now)
     seen = replace(
         state,
         severity=finding.severity,
@@ -108,30 +109,26 @@ def observe(
             )
             return flapping, None
         reopened = replace(seen, state="open", resolved_at=None, first_seen=now)
-        return _notify(reopened, "firing", finding, now)
+        return _notify(reopened, "new", finding, now)
     if _rank(finding.severity) > _rank(state.notified_severity):
-        return _notify(seen, "escalated" if state.episode_notified else "firing", finding, now)
+        return _notify(seen, "escalated" if state.episode_notified else "new", finding, now)
     if (
         finding.rule not in _LOWER_IS_WORSE
         and state.notified_value is not None
         and finding.observed >= 2 * state.notified_value
     ):
-        return _notify(seen, "escalated" if state.episode_notified else "firing", finding, now)
+        return _notify(seen, "escalated" if state.episode_notified else "new", finding, now)
     return replace(seen, suppressed=state.suppressed + 1), None
 
 
-def clear(
-    state: AlertState, *, now: datetime, clear_windows: int = 2
-) -> tuple[AlertState, Event | None]:
+def clear(state: AlertState, *, now: datetime, clear_windows: int = 2) -> tuple[AlertState, Event | None]:
     """The rule did not fire for this entity: resolve once clear for ``clear_windows`` windows."""
     if state.state != "open" or now - state.last_seen < clear_windows * state.window:
         return state, None
     resolved = replace(state, state="resolved", resolved_at=now)
     if not state.episode_notified:
         return replace(resolved, episode_notified=False), None
-    return replace(resolved, episode_notified=False), Event(
-        kind="resolved", state=resolved, finding=None
-    )
+    return replace(resolved, episode_notified=False), Event(kind="resolved", state=resolved, finding=None)
 
 
 def suppress(event: Event) -> AlertState:
@@ -143,9 +140,7 @@ def suppress(event: Event) -> AlertState:
     return replace(event.state, episode_notified=False, suppressed=event.state.suppressed + 1)
 
 
-def _notify(
-    state: AlertState, kind: EventKind, finding: Finding, now: datetime
-) -> tuple[AlertState, Event]:
+def _notify(state: AlertState, kind: EventKind, finding: Finding, now: datetime) -> tuple[AlertState, Event]:
     new = replace(
         state,
         notified_at=now,

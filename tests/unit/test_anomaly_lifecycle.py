@@ -32,7 +32,7 @@ def finding(observed: float, severity: Severity = "warning", rule: str = "user_b
 def test_new_then_dedup_then_escalate_on_doubling_and_severity() -> None:
     state, event = lifecycle.observe(None, finding(12), now=T0, cooldown=COOLDOWN)
     assert event is not None
-    assert event.kind == "firing"
+    assert event.kind == "new"
     state, event = lifecycle.observe(state, finding(15), now=T0 + MIN, cooldown=COOLDOWN)
     assert event is None
     assert state.suppressed == 1
@@ -77,7 +77,7 @@ def test_resolve_after_two_clear_windows_then_cooldown() -> None:
     # After the cooldown it is news again.
     state, event = lifecycle.observe(state, finding(12), now=T0 + 70 * MIN, cooldown=COOLDOWN)
     assert event is not None
-    assert event.kind == "firing"
+    assert event.kind == "new"
     assert state.first_seen == T0 + 70 * MIN
 
 
@@ -88,7 +88,7 @@ def test_reopen_within_cooldown_notifies_when_more_severe() -> None:
         state, finding(60, "critical"), now=T0 + 25 * MIN, cooldown=COOLDOWN
     )
     assert event is not None
-    assert event.kind == "firing"
+    assert event.kind == "new"
 
 
 def test_suppressed_firing_stays_quiet_until_it_escalates() -> None:
@@ -102,6 +102,6 @@ def test_suppressed_firing_stays_quiet_until_it_escalates() -> None:
         state, finding(13, "critical"), now=T0 + 2 * MIN, cooldown=COOLDOWN
     )
     assert up is not None
-    assert up.kind == "firing"
+    assert up.kind == "new"
     state, _ = lifecycle.clear(lifecycle.suppress(up), now=T0 + 30 * MIN)
     assert state.state == "resolved"

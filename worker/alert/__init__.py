@@ -1,0 +1,1 @@
+"""Alert notifications: the outbox of deliveries and (in the alerts branch) the sinks."""
