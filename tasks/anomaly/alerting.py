@@ -129,6 +129,9 @@ def payload_for(
             "suppressed": state.suppressed,
         }
     )
+    if state.rule == "mass_anomaly" and finding is not None:
+        # The sinks read "count" and "top" of a mass notice as the alerts it stands for.
+        body.update(count=finding.details["count"], top=finding.details["top"], scans=state.count)
     if "top" in body:
         body["top"] = [
             {**entry, "entity": _redact("user", str(entry.get("entity")), settings)} for entry in body["top"]

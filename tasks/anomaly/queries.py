@@ -63,7 +63,8 @@ def new_sessions(
         created >= sa.bindparam("start", st.time_value("created_at", start), type_=created.type),
         created < sa.bindparam("end", st.time_value("created_at", end), type_=created.type),
     )
-    result = conn.execution_options(stream_results=True, yield_per=5000).execute(query)
+    # Statement-level options: Connection.execution_options would stream every later statement.
+    result = conn.execute(query.execution_options(stream_results=True, yield_per=5000))
     for row in result:
         yield row[0], row[1], row[2]
 

@@ -108,8 +108,12 @@ def scan_in(
         else:
             start = floor_minute(min(watermark, now) - cfg.lateness)
             history_start = state.get("history_start") or start
-        read, rows = _roll_up(conn, st, start, now)
+        read, rows, earliest = _roll_up(conn, st, start, now)
         result.figures.update(sessions_read=read, rollup_rows=rows)
+        if watermark is None:
+            # The horizon is not history: before the oldest session found, the app may not have
+            # existed (or purged everything), so those minutes are unknown, not zero.
+            history_start = max(start, earliest or now)
         ctx = rules.RuleContext(
             conn=conn,
             settings=cfg,
@@ -149,8 +153,13 @@ def scan_in(
         result.figures["creation_rate"] = "unavailable"
 
 
-def _roll_up(conn: Connection, st: SessionTable, start: datetime, end: datetime) -> tuple[int, int]:
-    """Read sessions created in [start, end) and upsert their per-minute rollups."""
+def _roll_up(
+    conn: Connection, st: SessionTable, start: datetime, end: datetime
+) -> tuple[int, int, datetime | None]:
+    """Read sessions created in [start, end) and upsert their per-minute rollups.
+
+    Returns sessions read, rollup rows written and the earliest minute seen.
+    """
     glob: Counter[datetime] = Counter()
     per_user: Counter[tuple[str, datetime]] = Counter()
     per_ip: Counter[tuple[str, datetime]] = Counter()
@@ -183,4 +192,4 @@ def _roll_up(conn: Connection, st: SessionTable, start: datetime, end: datetime)
         {"scope": "ip", "entity": a, "minute": m, "count": n, "users": sorted(ip_users[(a, m)])}
         for (a, m), n in per_ip.items()
     ]
-    return read, queries.upsert_rollups(conn, rows)
+    return read, queries.upsert_rollups(conn, rows), min(glob, default=None)

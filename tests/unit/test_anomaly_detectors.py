@@ -81,9 +81,7 @@ def test_new_user_is_shrunk_toward_the_population() -> None:
     prior = population()
     # A brand-new user (no exposure) doing 6 on their first day: below the floor anyway,
     # and their expected count is the population's, not zero.
-    model = d.user_predictive(
-        history_count=0, history_exposure=timedelta(0), window=TEN, prior=prior
-    )
+    model = d.user_predictive(history_count=0, history_exposure=timedelta(0), window=TEN, prior=prior)
     assert model.mean == pytest.approx(prior.mean_per_minute * 10)
     quiet = d.user_predictive(history_count=0, history_exposure=WEEK, window=TEN, prior=prior)
     assert quiet.mean < model.mean
@@ -98,20 +96,13 @@ def test_ip_spread_thresholds_allowlist_and_usual_load() -> None:
     crit = d.detect_ip_spread(ip="203.0.113.9", distinct_users=25, window=TEN)
     assert crit is not None
     assert crit.severity == "critical"
-    assert (
-        d.detect_ip_spread(ip="10.1.2.3", distinct_users=500, window=TEN, allowlist=allow) is None
-    )
-    assert (
-        d.detect_ip_spread(ip="2001:db8::1", distinct_users=50, window=TEN, allowlist=allow) is None
-    )
+    assert d.detect_ip_spread(ip="10.1.2.3", distinct_users=500, window=TEN, allowlist=allow) is None
+    assert d.detect_ip_spread(ip="2001:db8::1", distinct_users=50, window=TEN, allowlist=allow) is None
     # A busy NAT that usually shows 8 users: 12 is normal for it, 30 is not.
     assert (
-        d.detect_ip_spread(ip="198.51.100.1", distinct_users=12, window=TEN, usual_distinct_users=8)
-        is None
+        d.detect_ip_spread(ip="198.51.100.1", distinct_users=12, window=TEN, usual_distinct_users=8) is None
     )
-    assert d.detect_ip_spread(
-        ip="198.51.100.1", distinct_users=30, window=TEN, usual_distinct_users=8
-    )
+    assert d.detect_ip_spread(ip="198.51.100.1", distinct_users=30, window=TEN, usual_distinct_users=8)
     assert not d.ip_allowed("not-an-ip", allow)
 
 
@@ -142,9 +133,7 @@ def test_global_spike_and_quiet() -> None:
 
 
 def test_global_spike_needs_an_absolute_excess_on_tiny_counts() -> None:
-    base = d.robust_baseline(
-        [1.0, 0.0, 2.0, 1.0, 1.0], method="trailing_24h_median_mad", window=WEEK
-    )
+    base = d.robust_baseline([1.0, 0.0, 2.0, 1.0, 1.0], method="trailing_24h_median_mad", window=WEEK)
     assert d.detect_global(observed=6, baseline=base) is None
     assert d.detect_global(observed=15, baseline=base) is not None
 

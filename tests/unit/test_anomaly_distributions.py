@@ -48,9 +48,7 @@ def test_nb_sf_deep_tail_is_accurate_and_monotone() -> None:
 
 
 def test_nb_tends_to_poisson_and_poisson_is_overconfident() -> None:
-    assert NegativeBinomial(shape=1e7, mean=3.0).sf(8) == pytest.approx(
-        poisson_sf(8, 3.0), rel=1e-4
-    )
+    assert NegativeBinomial(shape=1e7, mean=3.0).sf(8) == pytest.approx(poisson_sf(8, 3.0), rel=1e-4)
     # 10 logins in 10 minutes for a user averaging 0.5: Poisson says impossible, NB says rare.
     overdispersed = NegativeBinomial(shape=0.5, mean=0.5).sf(10)
     assert poisson_sf(10, 0.5) < overdispersed / 1000

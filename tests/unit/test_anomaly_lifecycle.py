@@ -40,9 +40,7 @@ def test_new_then_dedup_then_escalate_on_doubling_and_severity() -> None:
     state, event = lifecycle.observe(state, finding(24), now=T0 + 2 * MIN, cooldown=COOLDOWN)
     assert event is not None
     assert event.kind == "escalated"
-    state, event = lifecycle.observe(
-        state, finding(30, "critical"), now=T0 + 3 * MIN, cooldown=COOLDOWN
-    )
+    state, event = lifecycle.observe(state, finding(30, "critical"), now=T0 + 3 * MIN, cooldown=COOLDOWN)
     assert event is not None
     assert event.kind == "escalated"
     assert state.first_seen == T0
@@ -51,9 +49,7 @@ def test_new_then_dedup_then_escalate_on_doubling_and_severity() -> None:
 
 def test_drop_does_not_escalate_on_a_doubling_value() -> None:
     state, _ = lifecycle.observe(None, finding(2, rule="global_drop"), now=T0, cooldown=COOLDOWN)
-    state, event = lifecycle.observe(
-        state, finding(5, rule="global_drop"), now=T0 + MIN, cooldown=COOLDOWN
-    )
+    state, event = lifecycle.observe(state, finding(5, rule="global_drop"), now=T0 + MIN, cooldown=COOLDOWN)
     assert event is None
 
 
@@ -84,9 +80,7 @@ def test_resolve_after_two_clear_windows_then_cooldown() -> None:
 def test_reopen_within_cooldown_notifies_when_more_severe() -> None:
     state, _ = lifecycle.observe(None, finding(12), now=T0, cooldown=COOLDOWN)
     state, _ = lifecycle.clear(state, now=T0 + 20 * MIN)
-    state, event = lifecycle.observe(
-        state, finding(60, "critical"), now=T0 + 25 * MIN, cooldown=COOLDOWN
-    )
+    state, event = lifecycle.observe(state, finding(60, "critical"), now=T0 + 25 * MIN, cooldown=COOLDOWN)
     assert event is not None
     assert event.kind == "new"
 
@@ -98,9 +92,7 @@ def test_suppressed_firing_stays_quiet_until_it_escalates() -> None:
     assert not state.episode_notified
     state, again = lifecycle.observe(state, finding(13), now=T0 + MIN, cooldown=COOLDOWN)
     assert again is None
-    state, up = lifecycle.observe(
-        state, finding(13, "critical"), now=T0 + 2 * MIN, cooldown=COOLDOWN
-    )
+    state, up = lifecycle.observe(state, finding(13, "critical"), now=T0 + 2 * MIN, cooldown=COOLDOWN)
     assert up is not None
     assert up.kind == "new"
     state, _ = lifecycle.clear(lifecycle.suppress(up), now=T0 + 30 * MIN)
