@@ -115,7 +115,10 @@ creation_rollups = sa.Table(
     sa.Column("count", sa.Integer(), nullable=False),
     #: distinct users in this minute (ip scope only)
     sa.Column("users", JSONType),
+    #: retention deletes by minute across scopes
     sa.Index(None, "minute"),
+    #: every scan reads one scope over its recent windows (entity totals of the last 10/60 min)
+    sa.Index(None, "scope", "minute"),
 )
 
 scan_state = sa.Table(

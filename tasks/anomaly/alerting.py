@@ -189,7 +189,14 @@ def apply(conn: Connection, findings: Sequence[Finding], *, now: datetime, setti
         outcome.opened += event.kind == "new"
         outcome.resolved += event.kind == "resolved"
         outcome.events.append(
-            {"event": kind, "rule": state.rule, "severity": state.severity, "reason": payload.get("reason")}
+            {
+                "event": kind,
+                "rule": state.rule,
+                "severity": state.severity,
+                "reason": payload.get("reason"),
+                # for the caller's own use (benchmarks); ScanResult.summary() leaves it out
+                "entity": state.entity,
+            }
         )
     return outcome
 

@@ -7,11 +7,15 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from tasks.anomaly import scan
+from worker import observability
 from worker.settings import Settings
 
 
 def demo_report(engine: Engine, settings: Settings) -> dict[str, Any]:
     """Run one scan on the demo database (the first one backfills) and describe its alerts."""
+    # The demo builds its own settings and never configures logging; unconfigured structlog
+    # would print the scan's canonical line on stdout, into the demo's --json document.
+    observability.configure_logging(settings.logging)
     result = scan.run_scan(engine, settings, trigger="demo")
     f = result.figures
     lines = [

@@ -167,9 +167,10 @@ def global_rates(ctx: RuleContext) -> list[Finding]:
     """Site-wide spike or drop of the last five complete minutes against the seasonal baseline."""
     cfg = ctx.settings
     key = ctx.minute  # the window is the five minutes before this one
-    reach = HISTORY + 2 * GLOBAL_WINDOW
-    minutes = queries.global_minutes(ctx.conn, max(ctx.history_start, key - reach), key)
-    sums = _window_sums(minutes, key, ctx.history_start)
+    wanted = _window_keys(key)
+    ranges = _merge_ranges(sorted((end - GLOBAL_WINDOW, end) for end in wanted))
+    minutes = queries.global_minutes(ctx.conn, ranges)
+    sums = _window_sums(minutes, wanted, ctx.history_start)
     observed = sums.get(key)
     if observed is None:
         return []
@@ -189,15 +190,30 @@ def global_rates(ctx: RuleContext) -> list[Finding]:
     return [finding] if finding is not None else []
 
 
+def _window_keys(key: datetime) -> set[datetime]:
+    """End minutes of every five-minute window the baseline of ``key`` may ask about."""
+    wanted = {key - off for off in detectors.seasonal_offsets(bucket=GLOBAL_WINDOW)}
+    wanted.update(key - k * GLOBAL_WINDOW for k in range(0, 24 * 12 + 1))
+    return wanted
+
+
+def _merge_ranges(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    merged: list[tuple[datetime, datetime]] = []
+    for start, end in ranges:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
 def _window_sums(
-    minutes: dict[datetime, int], key: datetime, history_start: datetime
+    minutes: dict[datetime, int], wanted: set[datetime], history_start: datetime
 ) -> dict[datetime, float]:
-    """Five-minute sums keyed by their end minute, for every key the baseline may ask about.
+    """Five-minute sums keyed by their end minute.
 
     A window that starts before the history does not exist (unknown), rather than counting 0.
     """
-    wanted = {key - off for off in detectors.seasonal_offsets(bucket=GLOBAL_WINDOW)}
-    wanted.update(key - k * GLOBAL_WINDOW for k in range(0, 24 * 12 + 1))
     width = int(GLOBAL_WINDOW / MINUTE)
     sums: dict[datetime, float] = {}
     for end in wanted:

@@ -57,7 +57,7 @@ class ScanResult:
             "unavailable": self.unavailable,
             "skipped": self.skipped,
             "findings": [{"rule": f.rule, "severity": f.severity, "reason": f.reason} for f in self.findings],
-            "notifications": self.events,
+            "notifications": [{k: v for k, v in e.items() if k != "entity"} for e in self.events],
         }
 
 

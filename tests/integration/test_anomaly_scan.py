@@ -354,3 +354,41 @@ def test_cli_scan_json_on_postgres(pg_url: str, make_settings: SettingsFactory) 
     assert "user_burst" in {f["rule"] for f in out["findings"]}
     assert "victim" not in str(out)  # the summary never lists user ids
     w.engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["epoch_seconds", "epoch_millis", "timestamp"])
+def test_rollup_minutes_for_every_time_kind(any_url: str, make_settings: SettingsFactory, kind: str) -> None:
+    engine = db.get_engine(make_settings(any_url))
+    column = "bigint" if kind.startswith("epoch") else "timestamp"
+    scale = {"epoch_seconds": 1, "epoch_millis": 1000}.get(kind)
+    times = [T0 - timedelta(minutes=3, seconds=29), T0 - timedelta(minutes=3, seconds=1), T0 - MIN]
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE TABLE ev (id int primary key, uid text, ip text, made {column})"))
+        for i, t in enumerate(times):
+            value: Any = int(t.timestamp() * scale) if scale else t.replace(tzinfo=None)
+            conn.execute(
+                sa.text("INSERT INTO ev VALUES (:i, :u, :ip, :t)"),
+                {"i": i, "u": f"u{i}", "ip": "192.0.2.1", "t": value},
+            )
+    settings = make_settings(
+        any_url,
+        sessions={
+            "table": "ev",
+            "id": "id",
+            "user_id": "uid",
+            "ip": "ip",
+            "created_at": "made",
+            "time_kind": kind,
+        },
+    )
+    result = scan.run_scan(engine, settings, now=T0)
+    assert result.figures["sessions_read"] == 3
+    r = models.creation_rollups
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(r.c.minute, r.c.count, r.c.users).where(r.c.scope == "ip")).all()
+    assert sorted((m, c) for m, c, _ in rows) == [
+        (datetime(2026, 11, 20, 11, 57, tzinfo=UTC), 2),
+        (datetime(2026, 11, 20, 11, 59, tzinfo=UTC), 1),
+    ]
+    assert sorted(next(u for m, c, u in rows if c == 2)) == ["u0", "u1"]
+    engine.dispose()
