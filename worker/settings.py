@@ -157,6 +157,9 @@ class AnomalySettings(_Section):
     #: false-alarm budget: a spike must beat the Nth strangest spike episode of the past week
     #: (0 turns the budget off)
     global_spike_budget: int = Field(default=3, ge=0, le=50)
+    #: a spike at least this many times the expected count ignores the budget (always notifies);
+    #: unset: the budget applies to every spike (quieter on very bursty traffic)
+    global_spike_budget_exempt_ratio: float | None = Field(default=3.0, gt=1)
     ip_warn_users: int = Field(default=5, ge=2)
     ip_critical_users: int = Field(default=20, ge=2)
     ip_allowlist: list[str] = Field(default_factory=list)

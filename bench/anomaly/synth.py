@@ -5,7 +5,7 @@ Run:  .venv/bin/python bench/anomaly/synth.py --summary        # generate only, 
 
 Traffic: ~10k users with Gamma-distributed rates (shape 0.7, mean 1.2 logins a day), 1% power
 users (~30 a day), a daily cycle (night at a quarter of the afternoon peak) and weekends at 60%,
-overdispersion (each user-day gets a Gamma(2) multiplier and a login brings 1 + Geometric extra
+overdispersion (each user-day gets a Gamma(2) multiplier and a login brings up to 3 extra
 sessions for other devices within minutes), home IPs, 20 office NATs (150 users each, office
 hours on weekdays) and a 50-address carrier NAT for mobile sessions.
 Timeline: four weeks of history, a clean test week with benign confounders (a release that
@@ -135,10 +135,12 @@ class Population:
 
 
 def _login(pop: Population, out: list[Session], user: str, at: datetime) -> None:
-    """One login episode: 1 + Geometric(0.7) sessions within a few minutes (other devices)."""
+    """One login episode: 1 + Geometric(0.7) sessions, at most 4, within a few minutes (other
+    devices). The cap was added after the first replay: an uncapped geometric tail made
+    10-session clusters in 3 minutes, which no real person produces."""
     rng = pop.rng
     n = 1
-    while rng.random() < 0.3:
+    while n < 4 and rng.random() < 0.3:
         n += 1
     for i in range(n):
         t = at + timedelta(seconds=rng.uniform(0, 180) if i else 0)
@@ -217,12 +219,13 @@ def _inject(sc: Scenario, pop: Population, rng: random.Random) -> None:
                 sc.sessions.append(Session(at, user, ip, timedelta(days=1)))
             sc.injections.append(Injection(kind, ip, start, end, size, f"ip {int(size)} users in {minutes}m"))
         elif kind == "global_spike":
-            # Extra logins spread over many accounts (credential stuffing, a bot farm).
+            # Extra logins spread over many accounts, each from the account's usual kind of
+            # address (a campaign, or stuffing through residential proxies): no IP stands out.
             base = sum(1 for s in sc.sessions if start - DAY <= s.created_at < end - DAY) or 1
             for _ in range(int(base * (size - 1))):
                 at = start + timedelta(seconds=rng.uniform(0, minutes * 60))
-                ip = f"203.0.114.{rng.randrange(1, 255)}"
-                sc.sessions.append(Session(at, rng.choice(everyone), ip, timedelta(days=1)))
+                user = rng.choice(everyone)
+                sc.sessions.append(Session(at, user, pop.ip_for(user, at), timedelta(days=1)))
             sc.injections.append(
                 Injection(kind, "global", start, end, size, f"global +{(size - 1):.0%} for {minutes}m")
             )

@@ -26,7 +26,9 @@ from worker.settings import Settings
 ENTITY_KINDS = {"user_burst": "user", "ip_spread": "ip", "mass_anomaly": "rule"}
 #: how many entries a mass-anomaly notification lists
 MASS_TOP = 10
-MASS_FINGERPRINT = lifecycle.fingerprint("mass_anomaly", "user_burst")
+#: rules whose floods collapse, and the window within which their new alerts are counted
+MASS_RULES = {"user_burst": timedelta(minutes=10), "ip_spread": timedelta(minutes=10)}
+MASS_FINGERPRINTS = {rule: lifecycle.fingerprint("mass_anomaly", rule) for rule in MASS_RULES}
 
 
 def cooldown_for(rule: str, settings: Settings) -> timedelta:
@@ -133,8 +135,10 @@ def payload_for(
         # The sinks read "count" and "top" of a mass notice as the alerts it stands for.
         body.update(count=finding.details["count"], top=finding.details["top"], scans=state.count)
     if "top" in body:
+        kind_of_top = ENTITY_KINDS.get(str(body.get("details", {}).get("of_rule", "user_burst")), "user")
         body["top"] = [
-            {**entry, "entity": _redact("user", str(entry.get("entity")), settings)} for entry in body["top"]
+            {**entry, "entity": _redact(kind_of_top, str(entry.get("entity")), settings)}
+            for entry in body["top"]
         ]
     return body
 
@@ -148,7 +152,9 @@ def apply(conn: Connection, findings: Sequence[Finding], *, now: datetime, setti
         if old is None or SEVERITY_RANK[f.severity] > SEVERITY_RANK[old.severity]:
             best[fp] = f
     # The mass alert's row is read too, so a collapse can update it rather than duplicate it.
-    rows = {r["fingerprint"]: r for r in queries.alerts_for_lifecycle(conn, [*best, MASS_FINGERPRINT])}
+    rows = {
+        r["fingerprint"]: r for r in queries.alerts_for_lifecycle(conn, [*best, *MASS_FINGERPRINTS.values()])
+    }
     states: dict[str, tuple[AlertState, Finding | None]] = {}
     events: list[Event] = []
     for fp, f in best.items():
@@ -201,6 +207,16 @@ def apply(conn: Connection, findings: Sequence[Finding], *, now: datetime, setti
     return outcome
 
 
+def mass_threshold(rule: str, settings: Settings) -> int:
+    """New alerts of a rule within one window beyond which they collapse into one notice.
+
+    ``anomaly.mass_anomaly_threshold`` (20) for users; a quarter of it (at least 3) for IPs,
+    since even five addresses each serving many accounts at once is one event, not five.
+    """
+    limit = settings.anomaly.mass_anomaly_threshold
+    return limit if rule == "user_burst" else max(3, limit // 4)
+
+
 def _collapse(
     events: list[Event],
     states: dict[str, tuple[AlertState, Finding | None]],
@@ -210,40 +226,72 @@ def _collapse(
     settings: Settings,
     rows: dict[str, dict[str, Any]],
 ) -> list[Event]:
-    """More than ``mass_anomaly_threshold`` new user alerts in one scan: one "mass" notice instead."""
-    fresh = [e for e in events if e.kind == "new" and e.state.rule == "user_burst"]
-    if len(fresh) <= settings.anomaly.mass_anomaly_threshold:
-        return events
+    """Too many new alerts of one kind: one "mass" notice instead of the flood.
+
+    Counts this scan's new user-burst (or IP-spread) alerts plus those opened within the
+    rule's window before it, so a flood spread over a few scans collapses too.
+    """
+    for rule, window in MASS_RULES.items():
+        fresh = [e for e in events if e.kind == "new" and e.state.rule == rule]
+        if not fresh:
+            continue
+        recent = sum(
+            1
+            for fp, row in rows.items()
+            if row["rule"] == rule
+            and row["state"] == "open"
+            and row["first_seen"] >= now - window
+            and fp not in {e.state.fingerprint for e in fresh}
+        )
+        if len(fresh) + recent <= mass_threshold(rule, settings):
+            continue
+        events = _collapse_rule(rule, fresh, events, states, outcome, now=now, settings=settings, rows=rows)
+    return events
+
+
+def _collapse_rule(
+    rule: str,
+    fresh: list[Event],
+    events: list[Event],
+    states: dict[str, tuple[AlertState, Finding | None]],
+    outcome: Outcome,
+    *,
+    now: datetime,
+    settings: Settings,
+    rows: dict[str, dict[str, Any]],
+) -> list[Event]:
     for fresh_event in fresh:
         state, found = states[fresh_event.state.fingerprint]
         states[fresh_event.state.fingerprint] = (lifecycle.suppress(replace(fresh_event, state=state)), found)
-    outcome.mass_collapsed = len(fresh)
-    ranked = sorted((e.finding for e in fresh if e.finding), key=lambda f: f.score)
+    outcome.mass_collapsed += len(fresh)
+    ranked = sorted((e.finding for e in fresh if e.finding), key=lambda f: (-f.observed, f.score))
     top = [
         {"entity": f.entity, "observed": f.observed, "expected": round(f.expected, 3), "score": f.score}
         for f in ranked[:MASS_TOP]
     ]
+    limit = mass_threshold(rule, settings)
+    what = "users burst" if rule == "user_burst" else "addresses each served many users"
     mass = Finding(
         rule="mass_anomaly",
-        entity="user_burst",
-        window=ranked[0].window if ranked else timedelta(minutes=10),
+        entity=rule,
+        window=MASS_RULES[rule],
         observed=float(len(fresh)),
-        expected=float(settings.anomaly.mass_anomaly_threshold),
-        baseline_method="alerts raised in one scan",
-        baseline_window=ranked[0].window if ranked else timedelta(minutes=10),
-        threshold=float(settings.anomaly.mass_anomaly_threshold),
+        expected=float(limit),
+        baseline_method="alerts raised in one window",
+        baseline_window=MASS_RULES[rule],
+        threshold=float(limit),
         score=float(len(fresh)),
         score_kind="count",
         severity="critical",
         reason=(
-            f"{len(fresh)} users burst at once (more than {settings.anomaly.mass_anomaly_threshold}): "
-            "a bot farm, credential stuffing, or a release that logged everyone in again"
+            f"{len(fresh)} {what} at once (more than {limit}): a bot farm, credential stuffing, "
+            "or a release that logged everyone in again"
         ),
-        details={"count": len(fresh), "top": top},
+        details={"count": len(fresh), "top": top, "of_rule": rule},
     )
-    fp = MASS_FINGERPRINT
+    fp = MASS_FINGERPRINTS[rule]
     old = states[fp][0] if fp in states else (_state_from_row(rows[fp]) if fp in rows else None)
-    mass_state, mass_event = lifecycle.observe(old, mass, now=now, cooldown=cooldown_for(mass.rule, settings))
+    mass_state, mass_event = lifecycle.observe(old, mass, now=now, cooldown=cooldown_for(rule, settings))
     states[fp] = (mass_state, mass)
     kept = [e for e in events if e not in fresh]
     return [*kept, mass_event] if mass_event is not None else kept

@@ -347,12 +347,14 @@ def detect_global(
     drop_max_ratio: float = 0.25,
     drop_min_expected: float = 20.0,
     budget_z: float = 0.0,
+    budget_exempt_ratio: float = 3.0,
 ) -> Finding | None:
     """Site-wide spike or drop in one bucket, scored as a robust z against the baseline.
 
     Spike: z >= ``spike_z`` and at least ``spike_min_ratio`` x and ``spike_min_excess`` above
     the median (critical from ``critical_z``), and z at least ``budget_z`` (the false-alarm
-    budget, see ``SpikeBudget``). Drop: the median is at least
+    budget, see ``SpikeBudget``) unless the count is ``budget_exempt_ratio`` times the median
+    or more: tripled site-wide logins are always worth a notification. Drop: the median is at least
     ``drop_min_expected`` and the count fell to ``drop_max_ratio`` x the median or less with
     z <= -``drop_z`` (critical when nothing at all arrived).
     """
@@ -377,7 +379,12 @@ def detect_global(
         "samples": baseline.samples,
         "budget_z": round(budget_z, 2),
     }
-    spike_threshold = max(med + max(spike_z, budget_z) * scale, med * spike_min_ratio, med + spike_min_excess)
+    exempt = observed >= budget_exempt_ratio * med
+    spike_threshold = max(
+        med + (spike_z if exempt else max(spike_z, budget_z)) * scale,
+        med * spike_min_ratio,
+        med + spike_min_excess,
+    )
     if observed >= spike_threshold:
         severity: Severity = "critical" if z >= critical_z else "warning"
         return Finding(
@@ -387,7 +394,11 @@ def detect_global(
             reason=(
                 f"{observed:g} sessions site-wide in {minutes} min, expected {med:g} "
                 f"({baseline.method}); {observed / max(med, 1e-9):.1f}x, z={z:.1f}"
-                + (f", stranger than the week's budget z={budget_z:.1f}" if budget_z > spike_z else "")
+                + (
+                    f", stranger than the week's budget z={budget_z:.1f}"
+                    if budget_z > spike_z and not exempt
+                    else ""
+                )
             ),
             details=details,
             **common,

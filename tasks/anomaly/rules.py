@@ -9,6 +9,7 @@ partial minute would look like a drop.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -76,7 +77,7 @@ def user_bursts(ctx: RuleContext) -> list[Finding]:
     worst: dict[str, Finding] = {}
     prior: detectors.GammaPrior | None = None
     for window, scale in USER_WINDOWS:
-        start = end - window
+        start = _window_start(ctx, window)
         min_count, always = cfg.user_burst_min_count * scale, cfg.user_burst_always * scale
         candidates = queries.entity_totals(ctx.conn, "user", start, end, at_least=min(min_count, always))
         if not candidates:
@@ -103,6 +104,13 @@ def user_bursts(ctx: RuleContext) -> list[Finding]:
     return list(worst.values())
 
 
+def _window_start(ctx: RuleContext, window: timedelta) -> datetime:
+    """First minute of a window ending now: the minute ``window`` ago is included, so "the last
+    10 minutes" spans 10 to 11 minute buckets (the current one still filling) and a burst
+    spread evenly over exactly 10 minutes is seen whole whatever the scan's second."""
+    return floor_minute(ctx.now - window)
+
+
 def _worse(new: Finding, old: Finding | None) -> bool:
     if old is None:
         return True
@@ -116,7 +124,7 @@ def ip_spreads(ctx: RuleContext) -> list[Finding]:
         return []
     cfg = ctx.settings
     end = ctx.minute + MINUTE
-    start = end - IP_WINDOW
+    start = _window_start(ctx, IP_WINDOW)
     allow = detectors.parse_allowlist(cfg.ip_allowlist)
     candidates = [
         ip
@@ -183,6 +191,7 @@ def global_rates(ctx: RuleContext) -> list[Finding]:
         spike_z=cfg.global_spike_z,
         drop_min_expected=cfg.global_drop_min_expected,
         budget_z=budget.threshold(ctx.now, rank=cfg.global_spike_budget),
+        budget_exempt_ratio=cfg.global_spike_budget_exempt_ratio or math.inf,
     )
     if baseline is not None:
         z = (observed - baseline.median) / baseline.scale
