@@ -219,13 +219,13 @@ def _inject(sc: Scenario, pop: Population, rng: random.Random) -> None:
                 sc.sessions.append(Session(at, user, ip, timedelta(days=1)))
             sc.injections.append(Injection(kind, ip, start, end, size, f"ip {int(size)} users in {minutes}m"))
         elif kind == "global_spike":
-            # Extra logins spread over many accounts, each from the account's usual kind of
-            # address (a campaign, or stuffing through residential proxies): no IP stands out.
+            # Extra logins spread over many accounts, each from its own residential-proxy
+            # address (stuffing through a proxy network): no single IP stands out.
             base = sum(1 for s in sc.sessions if start - DAY <= s.created_at < end - DAY) or 1
-            for _ in range(int(base * (size - 1))):
+            for k in range(int(base * (size - 1))):
                 at = start + timedelta(seconds=rng.uniform(0, minutes * 60))
-                user = rng.choice(everyone)
-                sc.sessions.append(Session(at, user, pop.ip_for(user, at), timedelta(days=1)))
+                proxy = f"100.{100 + k // 65536 % 20}.{k // 256 % 256}.{k % 256}"
+                sc.sessions.append(Session(at, rng.choice(everyone), proxy, timedelta(days=1)))
             sc.injections.append(
                 Injection(kind, "global", start, end, size, f"global +{(size - 1):.0%} for {minutes}m")
             )

@@ -114,13 +114,15 @@ def user_predictive(
     history_exposure: timedelta,
     window: timedelta,
     prior: GammaPrior,
-    max_shape: float = 20.0,
+    max_shape: float = 2.0,
 ) -> NegativeBinomial:
     """Posterior predictive count for a user in ``window``, given their own history.
 
     Conjugate update: Gamma(shape + count, rate + exposure). A user seen for a long time would
-    end up with a near-Poisson predictive, yet logins stay bursty however long we watch, so the
-    posterior shape is capped at ``max_shape`` (same mean, wider tail).
+    end up with a near-Poisson predictive, yet a person's login rate varies from day to day
+    (travel, a new phone, a busy week) however long we watch, so the posterior shape is capped
+    at ``max_shape`` (same mean, wider tail). 2 is a day-to-day Gamma shape of the order seen in
+    login counts; the first replay used 20 and paged on heavy users' busy afternoons.
     """
     minutes = max(history_exposure.total_seconds() / 60.0, 0.0)
     shape = prior.shape + history_count
@@ -142,7 +144,7 @@ def detect_user_burst(
     always_count: int = 50,
     p_warning: float = 1e-6,
     p_critical: float = 1e-9,
-    max_shape: float = 20.0,
+    max_shape: float = 2.0,
     distinct_ips: int | None = None,
 ) -> Finding | None:
     """A user's burst: fires only when the count clears the floors AND the tail p-value is tiny.

@@ -392,3 +392,16 @@ def test_rollup_minutes_for_every_time_kind(any_url: str, make_settings: Setting
     ]
     assert sorted(next(u for m, c, u in rows if c == 2)) == ["u0", "u1"]
     engine.dispose()
+
+
+def test_many_ip_spreads_collapse_into_one_mass_notice(world: World) -> None:
+    world.steady(T0 - timedelta(hours=2), T0, per_minute=2)
+    for n in range(7):  # seven addresses, each with six accounts: one distributed event
+        for i in range(6):
+            world.add(f"acct{n}-{i}", T0 - 4 * MIN + i * timedelta(seconds=20), ip=f"203.0.113.{n + 1}")
+    result = world.scan(T0)
+    assert result.figures["mass_collapsed"] == 7
+    sent = [d for d in world.deliveries() if d["payload"]["rule"] in {"ip_spread", "mass_anomaly"}]
+    assert [d["event"] for d in sent] == ["mass"]
+    assert sent[0]["payload"]["entity"] == "ip_spread"
+    assert {t["entity"] for t in sent[0]["payload"]["top"]} == {f"203.0.113.{n + 1}" for n in range(7)}
