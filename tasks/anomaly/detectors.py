@@ -146,8 +146,13 @@ def detect_user_burst(
     p_critical: float = 1e-9,
     max_shape: float = 2.0,
     distinct_ips: int | None = None,
+    recent_count: int = 0,
+    recent_exposure: timedelta = timedelta(0),
 ) -> Finding | None:
     """A user's burst: fires only when the count clears the floors AND the tail p-value is tiny.
+
+    The expectation is the larger of the user's long-term rate (shrunk to the population) and
+    their rate over ``recent_exposure`` just before the window (``recent_count`` sessions).
 
     Defaults: at least ``min_count`` sessions and ``min_ratio`` times the expected count with
     p < 1e-6 (warning) or p < 1e-9 (critical); ``always_count`` or more is critical regardless
@@ -162,6 +167,13 @@ def detect_user_burst(
         prior=prior,
         max_shape=max_shape,
     )
+    # The local level: a user already busy in the hours before the window (a heavy day) is
+    # expected to stay busy; an account that was quiet is judged on its long-term rate.
+    recent_minutes = recent_exposure.total_seconds() / 60.0
+    if recent_minutes > 0:
+        recent_mean = window.total_seconds() / 60.0 * recent_count / recent_minutes
+        if recent_mean > model.mean:
+            model = NegativeBinomial(shape=model.shape, mean=recent_mean)
     expected = model.mean
     p_value = model.sf(observed)
     floor = max(float(min_count), min_ratio * expected)
@@ -185,6 +197,8 @@ def detect_user_burst(
         "min_count": min_count,
         "min_ratio": min_ratio,
         "always_count": always_count,
+        "recent_count": recent_count,
+        "recent_exposure_seconds": int(recent_exposure.total_seconds()),
     }
     if distinct_ips is not None:
         details["distinct_ips"] = distinct_ips

@@ -28,6 +28,8 @@ IP_WINDOW = timedelta(minutes=10)
 GLOBAL_WINDOW = timedelta(minutes=5)
 #: how far back the user, IP and population baselines look
 HISTORY = timedelta(days=7)
+#: the "local level" of a user: their rate over this long before the window (a heavy day)
+RECENT = timedelta(hours=3)
 #: the population prior is refitted this often (it moves slowly; the fit reads a week of rollups)
 PRIOR_REFRESH = timedelta(hours=1)
 
@@ -48,6 +50,9 @@ class RuleContext:
     state: dict[str, Any] = field(default_factory=dict)
     has_user: bool = True
     has_ip: bool = True
+    #: site-wide count over its baseline in the last five minutes (set by global_rates, >= 1):
+    #: a NAT's usual load grows with the site's, so the IP rule scales it by this
+    global_ratio: float = 1.0
 
     @property
     def minute(self) -> datetime:
@@ -84,6 +89,8 @@ def user_bursts(ctx: RuleContext) -> list[Finding]:
             continue
         prior = prior or _prior(ctx)
         history = queries.user_history(ctx.conn, candidates, max(ctx.history_start, start - HISTORY), start)
+        recent_start = max(ctx.history_start, start - RECENT)
+        recent = queries.user_history(ctx.conn, candidates, recent_start, start)
         for user, observed in candidates.items():
             count, first = history.get(user, (0, start))
             finding = detectors.detect_user_burst(
@@ -98,6 +105,8 @@ def user_bursts(ctx: RuleContext) -> list[Finding]:
                 always_count=always,
                 p_warning=cfg.user_burst_p_value,
                 p_critical=min(cfg.user_burst_p_value, 1e-9),
+                recent_count=recent.get(user, (0, start))[0],
+                recent_exposure=start - recent_start,
             )
             if finding is not None and _worse(finding, worst.get(user)):
                 worst[user] = finding
@@ -145,7 +154,7 @@ def ip_spreads(ctx: RuleContext) -> list[Finding]:
             distinct_users=len(now_users[ip]),
             window=IP_WINDOW,
             sessions=sessions[ip],
-            usual_distinct_users=usual.get(ip, 0.0),
+            usual_distinct_users=usual.get(ip, 0.0) * ctx.global_ratio,
             allowlist=allow,
             warn_users=cfg.ip_warn_users,
             critical_users=cfg.ip_critical_users,
@@ -194,6 +203,7 @@ def global_rates(ctx: RuleContext) -> list[Finding]:
         budget_exempt_ratio=cfg.global_spike_budget_exempt_ratio or math.inf,
     )
     if baseline is not None:
+        ctx.global_ratio = max(1.0, observed / max(baseline.median, 1.0))
         z = (observed - baseline.median) / baseline.scale
         ctx.state["spike_budget"] = budget.record(ctx.now, z, floor=cfg.global_spike_z).to_json()
     return [finding] if finding is not None else []

@@ -123,9 +123,10 @@ def scan_in(
             has_user=st.user_expr is not None,
             has_ip=st.c("ip") is not None,
         )
+        # Global first: the IP rule scales each address's usual load by the site's current one.
+        findings += rules.global_rates(ctx)
         findings += rules.user_bursts(ctx)
         findings += rules.ip_spreads(ctx)
-        findings += rules.global_rates(ctx)
         values.update(
             watermark=max(watermark, now) if watermark else now,
             history_start=history_start,
