@@ -1,6 +1,8 @@
 """Score sessionkeeper's global spike/drop detector on NAB's realTweets series, the NAB way.
 
-Run:  .venv/bin/python bench/anomaly/nab_eval.py [--json]
+Run:  .venv/bin/python bench/anomaly/nab_eval.py [--json]                  # shipped defaults
+      .venv/bin/python bench/anomaly/nab_eval.py --exempt-ratio inf       # bursty-traffic setting
+      .venv/bin/python bench/anomaly/nab_eval.py --budget-rank 0          # the first, pre-budget run
 
 The detector runs causally (the baseline of row i uses rows before i only) with the parameters
 fixed below, which are the shipped defaults of ``detect_global`` and the global alert cooldown;
@@ -204,9 +206,9 @@ def main() -> None:
     parser.add_argument(
         "--exempt-ratio",
         type=float,
-        default=math.inf,
-        help="spikes this many times expected skip the budget (the product default is 3; "
-        "default here: never, the bursty-traffic setting)",
+        default=3.0,
+        help="spikes this many times expected skip the budget (default 3, the shipped "
+        "anomaly.global_spike_budget_exempt_ratio; inf: never, the bursty-traffic setting)",
     )
     args = parser.parse_args()
     labels: dict[str, list[list[str]]] = json.loads((DATA / "windows.json").read_text())
