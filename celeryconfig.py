@@ -24,6 +24,7 @@ SCHEDULED_JOBS: dict[str, tuple[str, str, str]] = {
     "scan": ("tasks.anomaly", "sessionkeeper.scan", _s.anomaly.schedule),
     "outbox": ("tasks.revoke", "sessionkeeper.outbox_sweep", _s.revoke.outbox_schedule),
     "retention": ("tasks.retention", "sessionkeeper.retention", _s.retention.schedule),
+    "deliver_alerts": ("tasks.alerts", "sessionkeeper.deliver_alerts", _s.alerts.deliver_schedule),
 }
 
 #: a queued copy of a crontab job older than this is dropped (interval jobs use their period)

@@ -32,6 +32,11 @@ def trim_history(engine: Engine, settings: Settings, *, trigger: str = "cli") ->
         "alerts": sa.delete(t.alerts).where(
             t.alerts.c.state == "resolved", t.alerts.c.resolved_at < now - keep.resolved_alerts
         ),
+        # Mass and test notifications have no alert row to cascade from: trim them by age.
+        "alert_deliveries": sa.delete(t.alert_deliveries).where(
+            t.alert_deliveries.c.status.in_(("sent", "failed")),
+            t.alert_deliveries.c.created_at < now - keep.resolved_alerts,
+        ),
         "revocation_jobs": sa.delete(t.revocation_jobs).where(
             t.revocation_jobs.c.status.in_(("succeeded", "failed")),
             t.revocation_jobs.c.finished_at < now - keep.finished_revocations,

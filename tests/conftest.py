@@ -37,6 +37,7 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> It
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+    db.dispose_engines(close=True)
 
 
 def _admin_engine() -> Engine:
@@ -76,7 +77,7 @@ def pg_url(pg_template: str) -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
     yield _url_for(name)
-    db.dispose_engines()
+    db.dispose_engines(close=True)
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
@@ -93,7 +94,7 @@ def empty_pg_url() -> Iterator[str]:
     except sa.exc.OperationalError as exc:
         pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc.orig}", pytrace=False)
     yield _url_for(name)
-    db.dispose_engines()
+    db.dispose_engines(close=True)
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()

@@ -6,10 +6,17 @@ from typing import Any
 
 from celery import Celery
 
-from worker.errors import DatabaseUnavailable
-from worker.settings import get_settings
+from worker.errors import ConfigurationError, DatabaseUnavailable
+from worker.settings import WorkerSettings, get_settings
 
-TASK_MODULES = ["tasks.purge", "tasks.stats", "tasks.anomaly", "tasks.revoke", "tasks.retention"]
+TASK_MODULES = [
+    "tasks.purge",
+    "tasks.stats",
+    "tasks.anomaly",
+    "tasks.revoke",
+    "tasks.retention",
+    "tasks.alerts",
+]
 
 app = Celery("sessionkeeper")
 app.config_from_object("celeryconfig")
@@ -17,7 +24,12 @@ app.config_from_object("celeryconfig")
 
 def periodic_options() -> dict[str, Any]:
     """Options every periodic task shares: retry on an unreachable database, with backoff."""
-    worker = get_settings().worker
+    try:
+        worker = get_settings().worker
+    except ConfigurationError:
+        # Importing a task module must never fail on bad configuration: the command that
+        # actually reads settings reports it (exit 2); these defaults only shape retries.
+        worker = WorkerSettings()
     return {
         "bind": True,
         "ignore_result": True,

@@ -94,11 +94,15 @@ def get_engine(settings: Settings, *, replica: bool = False) -> Engine:
         return engine
 
 
-def dispose_engines() -> None:
-    """Drop pooled connections (after fork, a child must never reuse its parent's sockets)."""
+def dispose_engines(*, close: bool = False) -> None:
+    """Forget every engine's pooled connections.
+
+    After fork (``close=False``) a child must never reuse, nor close, its parent's sockets;
+    tests and shutdown pass ``close=True`` to really close them.
+    """
     with _engines_lock:
         for engine in _engines.values():
-            engine.dispose(close=False)
+            engine.dispose(close=close)
         _engines.clear()
 
 

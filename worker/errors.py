@@ -2,7 +2,8 @@
 
     SessionkeeperError                 root: every error we raise on purpose
     ├── ConfigurationError             settings or a mapping cannot be used (exit 2)
-    │   └── MappingMismatch            the mapping names a table or column the database lacks (exit 2)
+    │   ├── MappingMismatch            the mapping names a table or column the database lacks (exit 2)
+    │   └── InvalidInput               a user id, session id or request value is unusable (exit 2, HTTP 400)
     ├── CapabilityUnavailable          the mapping lacks a column a feature needs (exit 2)
     ├── DatabaseUnavailable            the database cannot be reached (exit 1, tasks retry)
     ├── BrokerUnavailable              the broker cannot be reached (exit 1)
@@ -41,6 +42,12 @@ class MappingMismatch(ConfigurationError):
     """The mapping names a table or column that the database does not have."""
 
     code = "mapping_mismatch"
+
+
+class InvalidInput(ConfigurationError):
+    """A value from outside (a user id, a session id, a header) cannot be used as given."""
+
+    code = "invalid_input"
 
 
 class CapabilityUnavailable(SessionkeeperError):

@@ -6,10 +6,11 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import timedelta
+from typing import Any, NoReturn
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from worker import db, models
 from worker.observability import get_logger
@@ -35,7 +36,7 @@ class Run:
     error: str | None = None
     started: float = field(default_factory=time.monotonic)
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: str) -> NoReturn:
         raise JobSkipped(reason)
 
     @property
@@ -43,20 +44,29 @@ class Run:
         return time.monotonic() - self.started
 
 
+#: a run still "running" after this long was interrupted (worker killed, database lost): no run
+#: outlives the Celery hard time limit, and CLI runs are bounded by their own max_run_seconds
+STALE_AFTER = timedelta(minutes=30)
+
+
 @contextlib.contextmanager
 def job_run(engine: Engine, job: str, *, trigger: str = "cli", task_id: str | None = None) -> Iterator[Run]:
     """Record a run: a row when it starts, its outcome, figures and error when it ends.
 
     Logs the canonical line (``job_finished`` with every figure). A failure is recorded and
-    re-raised; a skip is recorded and swallowed.
+    re-raised; a skip is recorded and swallowed. Runs of the same job left "running" by a
+    process that died are closed as failed first, so no half-state outlives it.
     """
     with db.translate_errors(engine), engine.begin() as conn:
+        reaped = reap_interrupted(conn, job)
         run_id = conn.execute(
             sa.insert(models.job_runs)
             .values(job=job, trigger=trigger, task_id=task_id, started_at=utcnow(), outcome="running")
             .returning(models.job_runs.c.id)
         ).scalar_one()
     run = Run(id=run_id, job=job)
+    if reaped:
+        log.warning("job_runs_interrupted", job=job, closed=reaped)
     try:
         yield run
         run.outcome = "succeeded"
@@ -67,6 +77,22 @@ def job_run(engine: Engine, job: str, *, trigger: str = "cli", task_id: str | No
         raise
     finally:
         _finish(engine, run)
+
+
+def reap_interrupted(conn: Connection, job: str, *, older_than: timedelta = STALE_AFTER) -> int:
+    """Close runs of ``job`` still marked running long after any live run could be: failed."""
+    t = models.job_runs
+    now = utcnow()
+    result = conn.execute(
+        sa.update(t)
+        .where(t.c.job == job, t.c.outcome == "running", t.c.started_at < now - older_than)
+        .values(
+            outcome="failed",
+            finished_at=now,
+            error="interrupted: the process running it died or lost the database",
+        )
+    )
+    return int(result.rowcount or 0)
 
 
 def _finish(engine: Engine, run: Run) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from alembic.config import Config
@@ -12,7 +13,20 @@ from sqlalchemy.engine import Engine
 from alembic import command
 from worker import db
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "alembic"
+
+def _find_migrations() -> Path:
+    """The alembic/ folder: beside the package in a checkout, under share/ in a wheel install."""
+    candidates = [
+        Path(__file__).resolve().parent.parent / "alembic",
+        Path(sys.prefix) / "share" / "sessionkeeper" / "alembic",
+    ]
+    for path in candidates:
+        if (path / "env.py").is_file():
+            return path
+    return candidates[0]
+
+
+MIGRATIONS = _find_migrations()
 
 
 def alembic_config(connection: object | None = None) -> Config:

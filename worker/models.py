@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
 from worker.db import SCHEMA
@@ -41,7 +42,7 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-JSONType = sa.JSON().with_variant(sa.dialects.postgresql.JSONB(), "postgresql")  # type: ignore[attr-defined]
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
 job_runs = sa.Table(
@@ -68,7 +69,8 @@ user_stats = sa.Table(
     metadata,
     sa.Column("user_id", sa.Text(), primary_key=True),
     sa.Column("active_sessions", sa.Integer(), nullable=False),
-    sa.Column("created_24h", sa.Integer(), nullable=False),
+    #: active sessions created in the last 24 h (NULL: no created_at mapped)
+    sa.Column("created_24h", sa.Integer()),
     sa.Column("distinct_ips", sa.Integer()),
     sa.Column("distinct_user_agents", sa.Integer()),
     sa.Column("oldest_created_at", UtcDateTime()),
@@ -87,8 +89,9 @@ stats_snapshots = sa.Table(
     sa.Column("taken_at", UtcDateTime(), nullable=False, index=True),
     sa.Column("total_rows", sa.BigInteger(), nullable=False),
     sa.Column("active", sa.BigInteger(), nullable=False),
-    sa.Column("expired_pending", sa.BigInteger(), nullable=False),
-    sa.Column("null_expiry", sa.BigInteger(), nullable=False),
+    #: rows the purge would delete now (any purge reason); NULL when no purge rule applies
+    sa.Column("expired_pending", sa.BigInteger()),
+    sa.Column("null_expiry", sa.BigInteger()),
     sa.Column("users_active", sa.BigInteger()),
     sa.Column("per_user_p50", sa.Float()),
     sa.Column("per_user_p95", sa.Float()),
@@ -180,6 +183,8 @@ alert_deliveries = sa.Table(
     sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("next_attempt_at", UtcDateTime(), nullable=False),
     sa.Column("last_error", sa.Text()),
+    #: HTTP status of the last attempt (None for the log sink or a network error)
+    sa.Column("last_status_code", sa.Integer()),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("sent_at", UtcDateTime()),
     sa.Index(None, "status", "next_attempt_at"),

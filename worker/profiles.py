@@ -13,6 +13,8 @@ class Profile:
     #: mapping keys exactly as in the [sessions] settings section
     columns: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    #: the id column holds the cookie value itself: never shown raw (the API lists a fingerprint)
+    id_is_token: bool = False
 
 
 PROFILES: dict[str, Profile] = {
@@ -72,6 +74,7 @@ PROFILES: dict[str, Profile] = {
                 "time_kind": "timestamptz",
             },
             note="the user id is inside signed session_data: no per-user stats or revocation",
+            id_is_token=True,
         ),
         Profile(
             name="connect-pg-simple",
@@ -84,6 +87,7 @@ PROFILES: dict[str, Profile] = {
                 "time_kind": "timestamp",
             },
             note="user id read from sess -> passport -> user (Passport.js)",
+            id_is_token=True,
         ),
         Profile(
             name="epic-stack",
@@ -97,6 +101,7 @@ PROFILES: dict[str, Profile] = {
                 "last_activity_at": "updatedAt",
                 "time_kind": "timestamp",
             },
+            id_is_token=True,
         ),
         Profile(
             name="lucia",
@@ -108,6 +113,7 @@ PROFILES: dict[str, Profile] = {
                 "expires_at": "expires_at",
                 "time_kind": "timestamptz",
             },
+            id_is_token=True,
         ),
         Profile(
             name="rails",

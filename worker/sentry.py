@@ -32,7 +32,8 @@ def init_sentry(settings: Settings, *, process: str) -> bool:
         dsn=settings.sentry.dsn.get_secret_value(),
         environment=settings.sentry.environment,
         traces_sample_rate=settings.sentry.traces_sample_rate,
-        send_default_pii=False,
+        # PII stays off: sentry-sdk's default when neither send_default_pii (deprecated since
+        # 2.76) nor data_collection is passed; tests/acceptance/test_sentry.py checks events.
         server_name=None,
         before_send=_scrub,
         integrations=[

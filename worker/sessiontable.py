@@ -16,9 +16,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
-from worker.errors import ConfigurationError, MappingMismatch
+from worker.errors import ConfigurationError, InvalidInput, MappingMismatch
 from worker.profiles import PROFILES
 from worker.settings import TIME_COLUMNS, PolicySettings, SessionsSettings, Settings
 
@@ -320,9 +320,9 @@ class SessionTable:
         col = self.c("user_id")
         if col is not None and isinstance(col.type, sa.Integer):
             try:
-                return int(user_id)
+                return _bigint(user_id)
             except ValueError:
-                raise ConfigurationError(
+                raise InvalidInput(
                     "bad user id",
                     problems=[
                         f"user id {user_id[:40]!r}: must be an integer for {self.mapping.qualified_name}"
@@ -334,9 +334,9 @@ class SessionTable:
         """A session id from outside, converted to the id column's type."""
         if isinstance(self.id_col.type, sa.Integer):
             try:
-                return int(session_id)
+                return _bigint(session_id)
             except ValueError:
-                raise ConfigurationError(
+                raise InvalidInput(
                     "bad session id",
                     problems=[f"session id: must be an integer for {self.mapping.qualified_name}"],
                 ) from None
@@ -346,7 +346,7 @@ class SessionTable:
             try:
                 return uuid.UUID(session_id)
             except ValueError:
-                raise ConfigurationError("bad session id", problems=["session id: must be a UUID"]) from None
+                raise InvalidInput("bad session id", problems=["session id: must be a UUID"]) from None
         return session_id
 
     def time_value(self, key: str, moment: datetime) -> Any:
@@ -433,17 +433,79 @@ class SessionTable:
             parts.append(sa.or_(self.c("revoked").is_(None), sa.not_(self.revoked_clause())))  # type: ignore[union-attr]
         return sa.and_(sa.true(), *parts)
 
+    # --- time values inside SQL ---------------------------------------------------------------
 
-_opened: dict[tuple[int, str], SessionTable] = {}
+    def utc_expr(self, key: str, value: sa.ColumnElement[Any] | None = None) -> sa.ColumnElement[Any]:
+        """``value`` (default: the column) of the column's kind, as our own tables store time.
+
+        timestamptz on PostgreSQL, naive UTC text on SQLite (what ``models.UtcDateTime`` holds), so
+        ``INSERT ... SELECT`` into our tables needs no Python round trip. Apply it after ``min``/``max``:
+        every conversion is monotonic, and converting one value per group is cheaper than per row.
+        """
+        expr = self.need(key) if value is None else value
+        kind = self.mapping.time_kinds[key]
+        if self.dialect == "postgresql":
+            if kind == "epoch_seconds":
+                return sa.func.to_timestamp(sa.cast(expr, sa.Float))
+            if kind == "epoch_millis":
+                return sa.func.to_timestamp(sa.cast(expr, sa.Float) / 1000.0)
+            if kind == "timestamp":
+                return sa.func.timezone("UTC", expr)
+            return expr
+        if kind == "epoch_seconds":
+            return sa.func.strftime("%Y-%m-%d %H:%M:%f", expr, "unixepoch")
+        if kind == "epoch_millis":
+            return sa.func.strftime("%Y-%m-%d %H:%M:%f", sa.cast(expr, sa.Float) / 1000.0, "unixepoch")
+        return expr
+
+    def age_seconds(self, key: str, now: datetime) -> sa.ColumnElement[float]:
+        """Seconds from the column's time to ``now``, per row, as a float (epoch kinds stay integer math)."""
+        col = self.need(key)
+        kind = self.mapping.time_kinds[key]
+        now_epoch = now.astimezone(UTC).timestamp()
+        if kind == "epoch_seconds":
+            return sa.literal(now_epoch, sa.Float) - sa.cast(col, sa.Float)
+        if kind == "epoch_millis":
+            return sa.literal(now_epoch, sa.Float) - sa.cast(col, sa.Float) / 1000.0
+        if self.dialect == "postgresql":
+            moment = sa.literal(now.astimezone(UTC), sa.DateTime(timezone=True))
+            # date_part gives float8; extract() gives numeric since PostgreSQL 14 (several times slower)
+            return sa.func.date_part("epoch", moment - self.utc_expr(key), type_=sa.Float)
+        naive = now.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
+        return (sa.func.julianday(sa.literal(naive, sa.Text)) - sa.func.julianday(col)) * 86400.0
+
+
+def _bigint(text: str) -> int:
+    # Past 64 bits the database raises a data error instead of finding nothing: refuse it here.
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(text)
+    return value
+
+
+_opened: dict[tuple[str, str], SessionTable] = {}
+
+
+def _cache_key(engine: Engine, settings: Settings) -> tuple[str, str]:
+    return (engine.url.render_as_string(hide_password=False), settings.sessions.model_dump_json())
 
 
 def open_table(conn: Connection, settings: Settings) -> SessionTable:
     """The mapping reflected against this engine's database, once per process and mapping."""
-    key = (id(conn.engine), settings.sessions.model_dump_json())
+    key = _cache_key(conn.engine, settings)
     table = _opened.get(key)
     if table is None:
         table = load_mapping(settings).reflect(conn)
         _opened[key] = table
+    return table
+
+
+def table_for(engine: Engine, settings: Settings) -> SessionTable:
+    """``open_table`` without taking a connection once the mapping is reflected (hot paths: the API)."""
+    table = _opened.get(_cache_key(engine, settings))
+    if table is None:
+        with engine.connect() as conn:
+            table = open_table(conn, settings)
     return table
 
 
@@ -452,4 +514,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-__all__ = ["Capability", "Mapping", "SessionTable", "load_mapping", "open_table", "timedelta", "utcnow"]
+__all__ = [
+    "Capability",
+    "Mapping",
+    "SessionTable",
+    "load_mapping",
+    "open_table",
+    "table_for",
+    "timedelta",
+    "utcnow",
+]

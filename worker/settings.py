@@ -25,6 +25,7 @@ from pydantic import (
     PlainSerializer,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -137,6 +138,17 @@ class PurgeSettings(_Section):
 
 class StatsSettings(_Section):
     schedule: Schedule = "15m"
+    #: count distinct IPs and user agents per user (needs a sort of the active rows: the costliest part)
+    distinct_counts: bool = True
+    #: PostgreSQL work_mem for the stats transaction only (SET LOCAL), so its sorts stay in memory
+    work_mem: str | None = "64MB"
+
+    @field_validator("work_mem")
+    @classmethod
+    def _memory_size(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[1-9][0-9]{0,6}(kB|MB|GB)", value):
+            raise ValueError(f"{value[:20]!r} is not a PostgreSQL memory size such as 64MB, 512kB or 1GB")
+        return value
 
 
 class AnomalySettings(_Section):
@@ -184,24 +196,94 @@ class AnomalySettings(_Section):
         return value
 
 
+#: sink names taken by the built-in sinks
+RESERVED_SINK_NAMES = frozenset({"log", "sentry"})
+#: longest a single delivery attempt may take, in seconds (keeps a pass well inside a task)
+MAX_SINK_TIMEOUT_SECONDS = 60
+
+
 class WebhookSink(_Section):
-    name: str = "webhook"
+    #: identifies the sink in delivery rows, logs and `sessionkeeper alerts test`; unique
+    name: str = Field(default="webhook", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     url: SecretStr
     #: HMAC-SHA256 key for the X-Sessionkeeper-Signature header
     secret: SecretStr | None = None
+    #: one attempt (connect, send, response) is cut off after this long
     timeout: Duration = timedelta(seconds=5)
     #: "json" for our JSON body, "slack" for a Slack-compatible incoming webhook
     format: Literal["json", "slack"] = "json"
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: SecretStr) -> SecretStr:
+        if not re.match(r"^https?://[^/\s]+", value.get_secret_value(), re.IGNORECASE):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _bounded_timeout(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) < value <= timedelta(seconds=MAX_SINK_TIMEOUT_SECONDS):
+            raise ValueError(f"must be above 0s and at most {MAX_SINK_TIMEOUT_SECONDS}s")
+        return value
 
 
 class AlertSettings(_Section):
     webhooks: list[WebhookSink] = Field(default_factory=list)
     #: send alerts to Sentry when sentry.dsn is set
     sentry: bool = True
+    #: one attempt to hand an alert to Sentry is cut off after this long
+    sentry_timeout: Duration = timedelta(seconds=5)
     include_user_ids: bool = True
     include_ips: bool = True
     #: delivery attempts per sink before an alert notification is given up (stays recorded)
     max_attempts: int = Field(default=10, ge=1)
+    #: wait after the first failed attempt; doubles after each further failure
+    retry_base: Duration = timedelta(seconds=30)
+    #: the wait between attempts never exceeds this
+    retry_max: Duration = timedelta(hours=1)
+    #: notifications claimed by one delivery pass
+    deliver_batch_size: int = Field(default=200, ge=1, le=10_000)
+    #: a delivery pass starts no new attempt after this long (what is left waits for the next)
+    deliver_max_seconds: Duration = timedelta(seconds=30)
+    #: standalone delivery schedule (scans also deliver at their end)
+    deliver_schedule: Schedule = "1m"
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_names(cls, value: list[WebhookSink]) -> list[WebhookSink]:
+        seen: set[str] = set()
+        for sink in value:
+            if sink.name in RESERVED_SINK_NAMES:
+                raise ValueError(f"webhook name {sink.name!r} is reserved for the built-in sink")
+            if sink.name in seen:
+                raise ValueError(f'two webhooks are named {sink.name!r}; give each a unique name = "..."')
+            seen.add(sink.name)
+        return value
+
+    @field_validator("retry_base", "sentry_timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be above 0s")
+        if value > timedelta(hours=1):
+            raise ValueError("must be at most 1h")
+        return value
+
+    @field_validator("retry_max")
+    @classmethod
+    def _not_below_base(cls, value: timedelta, info: ValidationInfo) -> timedelta:
+        base = info.data.get("retry_base")
+        if base is not None and value < base:
+            raise ValueError(f"must be at least retry_base ({format_duration(base)})")
+        return value
+
+    @field_validator("deliver_max_seconds")
+    @classmethod
+    def _pass_budget(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(minutes=5):
+            raise ValueError("must be between 1s and 5m (a pass runs inside a task)")
+        return value
 
 
 class SentrySettings(_Section):
@@ -245,6 +327,9 @@ class ApiSettings(_Section):
     #: serve without authentication (development only; announced loudly)
     insecure_dev: bool = False
     max_body_bytes: int = Field(default=16_384, ge=256)
+    #: how session ids are listed: "auto" (a fingerprint when the profile's id is the cookie value),
+    #: "raw", or "fingerprint" (sha256: prefix, never the id itself)
+    session_ids: Literal["auto", "raw", "fingerprint"] = "auto"
 
 
 class RevokeSettings(_Section):
@@ -253,6 +338,7 @@ class RevokeSettings(_Section):
     #: re-publish jobs still queued after this long
     outbox_delay: Duration = timedelta(seconds=30)
     outbox_schedule: Schedule = "1m"
+    #: deliveries of one job (a worker lost mid-job redelivers it) before it ends failed
     max_attempts: int = Field(default=5, ge=1)
 
 
@@ -394,7 +480,8 @@ def describe_errors(exc: ValidationError) -> list[str]:
             message = "unknown key"
         elif err["type"] == "literal_error":
             message = message.replace("Input should be", "must be one of")
-        secret = any(p in {"url", "secret", "dsn", "sha256"} for p in map(str, loc))
+        # a webhook list holds URLs that are secrets themselves (Slack embeds its token in the path)
+        secret = any(p in {"url", "secret", "dsn", "sha256", "webhooks"} for p in map(str, loc))
         got = "" if secret or err["type"] == "missing" else f" (got {err['input']!r})"
         if len(got) > 80:
             got = got[:77] + "...)"

@@ -325,18 +325,6 @@ def update_alert(conn: Connection, alert_id: int, values: dict[str, Any]) -> Non
     conn.execute(sa.update(A).where(A.c.id == alert_id).values(**values))
 
 
-def list_alerts(
-    conn: Connection, *, open_only: bool = False, since: datetime | None = None, limit: int = 100
-) -> list[dict[str, Any]]:
-    """Alerts, most recently seen first (for the CLI, the API and the demo)."""
-    query = sa.select(A).order_by(A.c.last_seen.desc(), A.c.id.desc()).limit(limit)
-    if open_only:
-        query = query.where(A.c.state == "open")
-    if since is not None:
-        query = query.where(A.c.last_seen >= since)
-    return [dict(r._mapping) for r in conn.execute(query)]
-
-
 # --------------------------------------------------------------------------- operational inputs
 
 

@@ -1,1 +1,1 @@
-"""Alert notifications: the outbox of deliveries and (in the alerts branch) the sinks."""
+"""Alert delivery: the outbox of notifications and the sinks (log, Sentry, webhook, Slack)."""

@@ -11,6 +11,7 @@ import click
 
 from worker import db, demo, migrate, reference
 from worker.cli.base import console, emit_json, json_option
+from worker.observability import configure_logging
 from worker.sessiontable import utcnow
 from worker.settings import Settings
 
@@ -31,6 +32,8 @@ def demo_settings(path: Path) -> Settings:
         sessions={"profile": "sessionkeeper"},
         policy={"grace": "0s", "idle_timeout": "14d", "max_sessions_per_user": 50},
         purge={"batch_size": 2000},
+        # Each job's canonical line would interleave with the report; warnings still show.
+        logging={"level": "WARNING"},
     )
 
 
@@ -71,6 +74,7 @@ def demo_command(path: Path, users: int, as_json: bool) -> None:
     for stale in (path, Path(db.sqlite_state_path(db.normalize_url(f"sqlite:///{path}")))):
         stale.unlink(missing_ok=True)
     settings = demo_settings(path)
+    configure_logging(settings.logging)  # to stderr: stdout carries the report (or the JSON)
     engine = db.get_engine(settings)
     started = time.monotonic()
     migrate.upgrade(engine)

@@ -142,3 +142,41 @@ def health_command(cli: Cli, worker_only: bool, max_age: int, as_json: bool) -> 
             mark = "[green]ok[/]  " if c["ok"] else "[red]FAIL[/]"
             console.print(f"{mark} {c['check']:<9} {c['detail']}")
     sys.exit(0 if healthy else 1)
+
+
+@click.command()
+@click.option("--host", help="Address to bind (default: api.host).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default: api.port).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Server processes (each with its own database pool).",
+)
+@pass_cli
+def api_command(cli: Cli, host: str | None, port: int | None, workers: int) -> None:
+    """Serve the HTTP API (revocations, sessions, stats, alerts, health) with uvicorn."""
+    import uvicorn
+
+    from worker.api import create_app
+
+    settings = cli.settings
+    app = create_app(settings)  # refuses to start without a token (exit 2) unless insecure_dev
+    if settings.api.insecure_dev:
+        click.echo(
+            "sessionkeeper: WARNING: api.insecure_dev is set: the API serves WITHOUT authentication. "
+            "Development only; never expose it.",
+            err=True,
+        )
+    options: dict[str, Any] = {
+        "host": host or settings.api.host,
+        "port": port or settings.api.port,
+        "log_config": None,  # our structlog handlers, set up by cli.settings
+        "access_log": False,
+        "server_header": False,
+    }
+    if workers == 1:
+        uvicorn.run(app, **options)
+    else:  # each process builds its app from the same environment (and --config, exported)
+        uvicorn.run("worker.api:app_from_environment", factory=True, workers=workers, **options)
