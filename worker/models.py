@@ -118,7 +118,10 @@ creation_rollups = sa.Table(
     sa.Column("count", sa.Integer(), nullable=False),
     #: distinct users in this minute (ip scope only)
     sa.Column("users", JSONType),
+    #: retention deletes by minute across scopes
     sa.Index(None, "minute"),
+    #: every scan reads one scope over its recent windows (entity totals of the last 10/60 min)
+    sa.Index(None, "scope", "minute"),
 )
 
 scan_state = sa.Table(
@@ -128,6 +131,11 @@ scan_state = sa.Table(
     sa.Column("table_key", sa.Text(), primary_key=True),
     sa.Column("watermark", UtcDateTime()),
     sa.Column("backfilled_at", UtcDateTime()),
+    #: the oldest minute the rollups cover (the backfill start): earlier minutes are unknown, later
+    #: minutes without a rollup row had no sessions
+    sa.Column("history_start", UtcDateTime()),
+    #: detector memory between scans: the spike budget's episodes, the cached population prior
+    sa.Column("detector_state", JSONType, nullable=False, server_default=sa.text("'{}'")),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
 )
 

@@ -165,6 +165,18 @@ class AnomalySettings(_Section):
     user_burst_min_count: int = Field(default=10, ge=1)
     user_burst_min_ratio: float = Field(default=3.0, ge=1)
     user_burst_always: int = Field(default=50, ge=1)
+    #: a user burst also needs a negative-binomial tail p-value below this (1e-9: critical)
+    user_burst_p_value: float = Field(default=1e-6, gt=0, lt=1)
+    #: robust z a 5-minute site-wide count must reach to be a spike
+    global_spike_z: float = Field(default=5.0, gt=0)
+    #: a drop alert needs at least this many sessions expected in the 5 minutes
+    global_drop_min_expected: float = Field(default=20.0, ge=1)
+    #: false-alarm budget: a spike must beat the Nth strangest spike episode of the past week
+    #: (0 turns the budget off)
+    global_spike_budget: int = Field(default=3, ge=0, le=50)
+    #: a spike at least this many times the expected count ignores the budget (always notifies);
+    #: unset: the budget applies to every spike (quieter on very bursty traffic)
+    global_spike_budget_exempt_ratio: float | None = Field(default=3.0, gt=1)
     ip_warn_users: int = Field(default=5, ge=2)
     ip_critical_users: int = Field(default=20, ge=2)
     ip_allowlist: list[str] = Field(default_factory=list)

@@ -51,6 +51,7 @@ def upgrade() -> None:
     schema='sessionkeeper'
     )
     op.create_index(op.f('ix_creation_rollups_minute'), 'creation_rollups', ['minute'], unique=False, schema='sessionkeeper')
+    op.create_index(op.f('ix_creation_rollups_scope_minute'), 'creation_rollups', ['scope', 'minute'], unique=False, schema='sessionkeeper')
     op.create_table('job_runs',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('job', sa.String(length=32), nullable=False),
@@ -91,6 +92,8 @@ def upgrade() -> None:
     sa.Column('table_key', sa.Text(), nullable=False),
     sa.Column('watermark', sa.DateTime(timezone=True), nullable=True),
     sa.Column('backfilled_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('history_start', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('detector_state', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), server_default=sa.text("'{}'"), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('table_key', name=op.f('pk_scan_state')),
     schema='sessionkeeper'
@@ -165,6 +168,7 @@ def downgrade() -> None:
     op.drop_table('revocation_jobs', schema='sessionkeeper')
     op.drop_index(op.f('ix_job_runs_job_started_at'), table_name='job_runs', schema='sessionkeeper')
     op.drop_table('job_runs', schema='sessionkeeper')
+    op.drop_index(op.f('ix_creation_rollups_scope_minute'), table_name='creation_rollups', schema='sessionkeeper')
     op.drop_index(op.f('ix_creation_rollups_minute'), table_name='creation_rollups', schema='sessionkeeper')
     op.drop_table('creation_rollups', schema='sessionkeeper')
     op.drop_index(op.f('ix_alerts_state_rule'), table_name='alerts', schema='sessionkeeper')
