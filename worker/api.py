@@ -160,6 +160,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        from worker.sentry import init_sentry
+
+        init_sentry(settings, process="api")  # at process start, never at import
         # Everything imported so far lives as long as the process: moved out of the collector's
         # reach, a full collection no longer walks it (tens of ms of pause, a p99 of its own).
         gc.collect()
