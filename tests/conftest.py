@@ -50,54 +50,55 @@ def _url_for(database: str) -> str:
     return db.normalize_url(PG_ADMIN_URL).set(database=database).render_as_string(hide_password=False)
 
 
+def _create_database(name: str, template: str | None = None) -> None:
+    """CREATE DATABASE (as a copy of ``template``); PostgreSQL unreachable fails the test, never skips."""
+    admin = _admin_engine()
+    copy = f' TEMPLATE "{template}"' if template else ""
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"{copy}'))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc.orig}", pytrace=False)
+    finally:
+        admin.dispose()
+
+
+def _drop_database(name: str) -> None:
+    db.dispose_engines(close=True)
+    admin = _admin_engine()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[str]:
     """A database migrated to head, used as the template of every test database."""
-    admin = _admin_engine()
     name = f"sk_tpl_{RUN_ID}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc.orig}", pytrace=False)
+    _create_database(name)
     engine = db.make_engine(_url_for(name))
     migrate.upgrade(engine)
     engine.dispose()
     yield name
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    _drop_database(name)
 
 
 @pytest.fixture
 def pg_url(pg_template: str) -> Iterator[str]:
     """URL of a fresh, migrated PostgreSQL database, dropped after the test."""
-    admin = _admin_engine()
     name = f"sk_t_{RUN_ID}_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
+    _create_database(name, template=pg_template)
     yield _url_for(name)
-    db.dispose_engines(close=True)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    _drop_database(name)
 
 
 @pytest.fixture
 def empty_pg_url() -> Iterator[str]:
     """URL of a fresh PostgreSQL database with nothing in it (for migration tests)."""
-    admin = _admin_engine()
     name = f"sk_e_{RUN_ID}_{uuid.uuid4().hex[:8]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc.orig}", pytrace=False)
+    _create_database(name)
     yield _url_for(name)
-    db.dispose_engines(close=True)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    _drop_database(name)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from tasks import revoke
 from tests.acceptance.stack import READ_TOKEN, Stack, stack, wait_until
-from tests.conftest import REDIS_URL, RUN_ID, _admin_engine, _url_for
+from tests.conftest import REDIS_URL, RUN_ID, _create_database, _drop_database, _url_for
 from tests.faults.services import PrivateRedis
 from tests.revoke_helpers import all_ids, live_ids, seed_sessions
 from worker import db, models
@@ -34,15 +34,8 @@ QUIET_BEAT = {
 
 def _database(pg_template: str) -> str:
     name = f"sk_rv_{RUN_ID}_{uuid.uuid4().hex[:8]}"
-    with _admin_engine().connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
+    _create_database(name, template=pg_template)
     return name
-
-
-def _drop(name: str) -> None:
-    db.dispose_engines(close=True)
-    with _admin_engine().connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def wait_job(s: Stack, job_id: str, timeout: float = 30) -> dict[str, Any]:
@@ -86,7 +79,7 @@ def shared(pg_template: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             }
     finally:
         engine.dispose()
-        _drop(name)
+        _drop_database(name)
         broker.flushdb()
         broker.close()
 
