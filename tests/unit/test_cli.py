@@ -77,3 +77,9 @@ def test_bad_usage_exits_2(args: list[str]) -> None:
     proc = cli(*args)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+def test_insecure_dev_api_refuses_a_public_address() -> None:
+    proc = cli("api", "--host", "0.0.0.0", env={"SESSIONKEEPER_API__INSECURE_DEV": "true"}, timeout=20)  # noqa: S104 - the refusal is the point
+    assert proc.returncode == 2
+    assert "api.insecure_dev" in proc.stderr and "Traceback" not in proc.stderr

@@ -10,6 +10,7 @@ import click
 import sqlalchemy as sa
 
 from worker.cli.base import Cli, console, emit_json, json_option, pass_cli
+from worker.errors import ConfigurationError
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -74,6 +75,17 @@ def beat_command(cli: Cli, use_redbeat: bool, schedule_file: str, celery_args: t
     else:
         args += ["--schedule", schedule_file]
     app.start([*args, *celery_args])
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _probe(name: str, func: Any) -> dict[str, Any]:
@@ -162,6 +174,15 @@ def api_command(cli: Cli, host: str | None, port: int | None, workers: int) -> N
     from worker.api import create_app
 
     settings = cli.settings
+    bind = host or settings.api.host
+    if settings.api.insecure_dev and not _is_loopback(bind):
+        raise ConfigurationError(
+            "refusing to serve without authentication on a public address",
+            problems=[
+                f"api.insecure_dev is set and the API would listen on {bind}: "
+                "use 127.0.0.1 (or ::1) for development, or configure api.tokens"
+            ],
+        )
     app = create_app(settings)  # refuses to start without a token (exit 2) unless insecure_dev
     if settings.api.insecure_dev:
         click.echo(
