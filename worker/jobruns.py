@@ -6,7 +6,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 import sqlalchemy as sa
@@ -118,11 +118,25 @@ def _finish(engine: Engine, run: Run) -> None:
     )
 
 
-def last_runs(engine: Engine, job: str | None = None, *, limit: int = 20) -> list[dict[str, Any]]:
-    """The latest runs, newest first, as plain dicts."""
+def last_runs(
+    bind: Engine | Connection, job: str | None = None, *, limit: int = 20, finished_only: bool = False
+) -> list[dict[str, Any]]:
+    """The latest runs (of ``job``, or of every job), newest first, as plain dicts."""
     t = models.job_runs
     query = sa.select(t).order_by(t.c.started_at.desc(), t.c.id.desc()).limit(limit)
     if job:
         query = query.where(t.c.job == job)
-    with db.translate_errors(engine), engine.connect() as conn:
+    if finished_only:
+        query = query.where(t.c.outcome != "running")
+    if isinstance(bind, Connection):
+        return [dict(r._mapping) for r in bind.execute(query)]
+    with db.translate_errors(bind), bind.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def last_success(conn: Connection, job: str) -> datetime | None:
+    """When ``job`` last finished successfully, or None."""
+    t = models.job_runs
+    query = sa.select(sa.func.max(t.c.finished_at)).where(t.c.job == job, t.c.outcome == "succeeded")
+    value = conn.execute(query).scalar()
+    return models.UtcDateTime().process_result_value(value, conn.dialect)

@@ -235,13 +235,14 @@ def _collapse(
         fresh = [e for e in events if e.kind == "new" and e.state.rule == rule]
         if not fresh:
             continue
+        fresh_fingerprints = {e.state.fingerprint for e in fresh}
         recent = sum(
             1
             for fp, row in rows.items()
             if row["rule"] == rule
             and row["state"] == "open"
             and row["first_seen"] >= now - window
-            and fp not in {e.state.fingerprint for e in fresh}
+            and fp not in fresh_fingerprints
         )
         if len(fresh) + recent <= mass_threshold(rule, settings):
             continue

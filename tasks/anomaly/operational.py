@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 
 from tasks.anomaly import queries
 from tasks.anomaly.detectors import Finding, Severity
+from worker import jobruns
 from worker.durations import parse_duration
 from worker.sessiontable import SessionTable
 from worker.settings import Settings
@@ -53,10 +54,10 @@ def purge_lag(conn: Connection, st: SessionTable, settings: Settings, *, now: da
         )
         if lag >= CRITICAL_INTERVALS * interval:
             severity = "critical"
-    runs = queries.last_runs(conn, "purge", limit=1)
+    runs = jobruns.last_runs(conn, "purge", limit=1, finished_only=True)
     if runs and runs[0]["outcome"] == "failed":
         problems.append(f"the last purge failed: {(runs[0]['error'] or 'no error recorded')[:200]}")
-    succeeded = queries.last_success(conn, "purge")
+    succeeded = jobruns.last_success(conn, "purge")
     overdue = allowance + settings.purge.max_run_seconds
     if succeeded is not None and now - succeeded > overdue:
         problems.append(

@@ -328,25 +328,6 @@ def update_alert(conn: Connection, alert_id: int, values: dict[str, Any]) -> Non
 # --------------------------------------------------------------------------- operational inputs
 
 
-def last_runs(conn: Connection, job: str, *, limit: int = 5) -> list[dict[str, Any]]:
-    """The latest finished runs of a job, newest first."""
-    t = models.job_runs
-    query = (
-        sa.select(t.c.outcome, t.c.started_at, t.c.finished_at, t.c.error)
-        .where(t.c.job == job, t.c.outcome != "running")
-        .order_by(t.c.started_at.desc())
-        .limit(limit)
-    )
-    return [dict(r._mapping) for r in conn.execute(query)]
-
-
-def last_success(conn: Connection, job: str) -> datetime | None:
-    t = models.job_runs
-    query = sa.select(sa.func.max(t.c.finished_at)).where(t.c.job == job, t.c.outcome == "succeeded")
-    value = conn.execute(query).scalar()
-    return models.UtcDateTime().process_result_value(value, conn.dialect)
-
-
 def snapshots_since(conn: Connection, since: datetime) -> list[dict[str, Any]]:
     """Global stats snapshots taken since ``since``, oldest first."""
     t = models.stats_snapshots

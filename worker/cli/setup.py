@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -150,4 +149,3 @@ def config_command(cli: Cli, as_json: bool) -> None:
         if isinstance(values, dict):
             for key, value in values.items():
                 console.print(f"  {key} = {value!r}", markup=False)
-    sys.stdout.flush()
